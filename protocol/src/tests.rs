@@ -1,0 +1,139 @@
+//! The JSON shapes of PROTOCOL.md, checked byte for byte where the order is ours to choose.
+
+use super::*;
+use serde_json::{Value, json};
+
+fn to_value<T: Serialize>(message: &T) -> Value {
+    serde_json::to_value(message).expect("serializes")
+}
+
+#[test]
+fn join_with_only_a_room_omits_the_optional_fields() {
+    let join = ClientMessage::Join(Join { room: "lobby".into(), ..Join::default() });
+    assert_eq!(to_value(&join), json!({"type": "join", "room": "lobby"}));
+}
+
+#[test]
+fn join_parses_with_name_resume_and_token() {
+    let parsed: ClientMessage = serde_json::from_str(
+        r#"{"type":"join","room":"lobby","name":"alice","resume":"abc","token":"t","extra":1}"#,
+    )
+    .expect("parses");
+    assert_eq!(
+        parsed,
+        ClientMessage::Join(Join {
+            room: "lobby".into(),
+            name: Some("alice".into()),
+            resume: Some("abc".into()),
+            token: Some("t".into()),
+        })
+    );
+}
+
+#[test]
+fn signals_keep_the_browser_field_names() {
+    let candidate = Signal::Candidate {
+        candidate: Some(IceCandidate {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 5000 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdp_m_line_index: Some(0),
+            username_fragment: None,
+        }),
+    };
+    assert_eq!(
+        to_value(&candidate),
+        json!({"type": "candidate", "candidate": {
+            "candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0
+        }})
+    );
+    let end: Signal = serde_json::from_str(r#"{"type":"candidate","candidate":null}"#).expect("parses");
+    assert!(end.is_end_of_candidates());
+    let empty: Signal = serde_json::from_str(
+        r#"{"type":"candidate","candidate":{"candidate":"","sdpMid":null,"sdpMLineIndex":null}}"#,
+    )
+    .expect("parses");
+    assert!(empty.is_end_of_candidates());
+    let offer: Signal = serde_json::from_str(r#"{"type":"offer","sdp":"v=0\r\n"}"#).expect("parses");
+    assert!(!offer.is_end_of_candidates());
+}
+
+#[test]
+fn welcome_and_error_have_the_documented_shape() {
+    let welcome = ServerMessage::Welcome(Welcome {
+        id: "a1".into(),
+        room: "lobby".into(),
+        peers: vec![PeerInfo { id: "b2".into(), name: "bob".into() }],
+        ice_servers: vec![IceServer {
+            urls: vec!["stun:example.org".into()],
+            username: None,
+            credential: None,
+        }],
+        resume_token: "secret".into(),
+        resumed: false,
+    });
+    assert_eq!(
+        to_value(&welcome),
+        json!({"type": "welcome", "id": "a1", "room": "lobby", "peers": [{"id": "b2", "name": "bob"}],
+               "ice_servers": [{"urls": ["stun:example.org"]}], "resume_token": "secret", "resumed": false})
+    );
+    let error = ServerMessage::Error(ErrorMessage {
+        code: ErrorCode::UnknownPeer,
+        message: "no such peer".into(),
+        to: Some("zz".into()),
+    });
+    assert_eq!(
+        to_value(&error),
+        json!({"type": "error", "code": "unknown_peer", "message": "no such peer", "to": "zz"})
+    );
+}
+
+#[test]
+fn every_error_code_round_trips_through_its_wire_name() {
+    use ErrorCode::*;
+    for code in [
+        BadJson,
+        BadMessage,
+        NotJoined,
+        AlreadyJoined,
+        BadRoom,
+        BadName,
+        RoomFull,
+        UnknownPeer,
+        TooLarge,
+        RateLimited,
+        ServerBusy,
+        Unauthorized,
+        BinaryUnsupported,
+    ] {
+        assert_eq!(to_value(&code), Value::String(code.as_str().into()));
+        let back: ErrorCode = serde_json::from_value(Value::String(code.as_str().into())).expect("parses");
+        assert_eq!(back, code);
+    }
+}
+
+#[test]
+fn room_names_follow_the_protocol() {
+    assert!(RoomName::parse("lobby-1_a.b").is_ok());
+    assert!(RoomName::parse(&"a".repeat(64)).is_ok());
+    for bad in ["", "has space", "é", "a/b", &"a".repeat(65)] {
+        assert_eq!(RoomName::parse(bad), Err(NameError::Room), "{bad:?}");
+    }
+}
+
+#[test]
+fn display_names_count_characters_not_bytes() {
+    assert!(DisplayName::parse(&"é".repeat(32)).is_ok());
+    assert!(DisplayName::parse("ana maria").is_ok());
+    for bad in ["", "tab\there", "nl\n", &"x".repeat(33)] {
+        assert_eq!(DisplayName::parse(bad), Err(NameError::Display), "{bad:?}");
+    }
+}
+
+#[test]
+fn resume_is_advised_only_for_transient_closes() {
+    assert!(close_code::should_resume(None));
+    assert!(close_code::should_resume(Some(1001)));
+    for final_code in [1000, 1008, 1009, 4000] {
+        assert!(!close_code::should_resume(Some(final_code)));
+    }
+}
