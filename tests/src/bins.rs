@@ -1,0 +1,69 @@
+//! Finding (and building, once per test process) the `server` and `peer` binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Set this to a directory holding prebuilt `server` and `peer` binaries to skip the build.
+pub const BIN_DIR_ENV: &str = "SWITCHBOARD_BIN_DIR";
+
+/// The profile directory of the running test executable (`target/debug` for
+/// `target/debug/deps/peer-1234`): the binaries built with the same profile land there.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("cannot locate the test executable: {e}"));
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("test executable {} is not inside target/<profile>/deps", exe.display()))
+        .to_path_buf()
+}
+
+/// Where the binaries are: `$SWITCHBOARD_BIN_DIR`, or the test executable's profile directory.
+fn bin_dir() -> PathBuf {
+    match std::env::var_os(BIN_DIR_ENV) {
+        Some(dir) => PathBuf::from(dir),
+        None => profile_dir(),
+    }
+}
+
+/// Path of the binary `name` (`"server"` or `"peer"`). Does not build it; see [`ensure_built`].
+pub fn bin_path(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Builds `server` and `peer` with the test executable's profile, once per process.
+///
+/// Panics with cargo's verdict when the build fails: a test cannot run on stale binaries.
+pub fn ensure_built() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = BUILT.get_or_init(|| {
+        if std::env::var_os(BIN_DIR_ENV).is_some() {
+            return Ok(());
+        }
+        build()
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn build() -> Result<(), String> {
+    let profile_dir = profile_dir();
+    let target_dir = profile_dir.parent().ok_or("the profile directory has no parent")?;
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).ok_or("odd profile directory name")?;
+    // `debug` is where the `dev` profile builds; every other profile uses its own name.
+    let profile = if profile == "debug" { "dev" } else { profile };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("tests/ has no parent")?;
+    let status = Command::new(&cargo)
+        .current_dir(workspace)
+        .args(["build", "--quiet", "-p", "server", "-p", "peer", "--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .status()
+        .map_err(|e| {
+            format!("cannot run cargo ({}) to build server and peer: {e}", cargo.to_string_lossy())
+        })?;
+    if !status.success() {
+        return Err(format!("`cargo build -p server -p peer --profile {profile}` failed ({status})"));
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The real `server` binary, on a free loopback port.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::bins::bin_path;
+
+/// How long the server may take to print its `listening on` line.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running `server` process. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    addr: SocketAddr,
+    extra_args: Vec<String>,
+}
+
+impl Server {
+    /// Starts `server --addr 127.0.0.1:0 EXTRA_ARGS...` and waits for its `listening on` line.
+    ///
+    /// `extra_args` are passed as they are, e.g. `&["--resume-grace", "2s"]` or
+    /// `&["--web-dir", "web"]`. Panics when the server does not come up.
+    pub async fn start(extra_args: &[&str]) -> Server {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn("127.0.0.1:0", &extra_args).await;
+        Server { child: Some(child), addr, extra_args }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `ws://127.0.0.1:PORT/ws`
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// The OS process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Kills the server with SIGKILL (no close frames, no goodbye) and waits until it is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Sends SIGTERM (graceful shutdown) and returns its exit code, waiting at most `deadline`.
+    pub async fn terminate(&mut self, deadline: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        crate::peer::send_signal(child.id(), "TERM");
+        match tokio::time::timeout(deadline, child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = child.start_kill();
+                None
+            }
+        }
+    }
+
+    /// Starts the server again on the same address with the same extra arguments (after
+    /// [`Server::kill`]; a running one is killed first).
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let addr = self.addr.to_string();
+        // The port was just freed; a few retries cover the rare case where binding races it.
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            match try_spawn(&addr, &self.extra_args).await {
+                Ok((child, _)) => {
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) => last_error = e,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server did not restart on {addr}: {last_error}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+async fn spawn(addr: &str, extra_args: &[String]) -> (Child, SocketAddr) {
+    try_spawn(addr, extra_args).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn try_spawn(addr: &str, extra_args: &[String]) -> Result<(Child, SocketAddr), String> {
+    let path = bin_path("server");
+    let mut child = Command::new(&path)
+        .arg("--addr")
+        .arg(addr)
+        .args(extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
+    let stdout = child.stdout.take().ok_or("server stdout is not piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let wait_line = async {
+        let mut seen = Vec::new();
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => {
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        let hostport = url.trim_start_matches("http://").trim_start_matches("https://");
+                        return hostport
+                            .trim_end_matches('/')
+                            .parse::<SocketAddr>()
+                            .map_err(|e| format!("cannot parse the address in {line:?}: {e}"));
+                    }
+                    seen.push(line);
+                }
+                Ok(None) => {
+                    return Err(format!("server exited before printing `listening on` (stdout: {seen:?})"));
+                }
+                Err(e) => return Err(format!("cannot read server stdout: {e}")),
+            }
+        }
+    };
+    let addr = match tokio::time::timeout(START_DEADLINE, wait_line).await {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => {
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
+            return Err(format!("{e} [{status}]"));
+        }
+        Err(_) => return Err(format!("server printed no `listening on` line within {START_DEADLINE:?}")),
+    };
+    // Keep draining stdout so that the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, addr))
+}
