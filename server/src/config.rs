@@ -1,0 +1,232 @@
+//! The server's settings, and the command line that fills them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use protocol::IceServer;
+
+use crate::budget::RateLimit;
+use crate::rooms::RoomsConfig;
+
+/// Everything a running server needs to know. Built from [`ServeArgs`], or directly by tests.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rooms: RoomsConfig,
+    /// Serve the page from here instead of the copy built into the binary.
+    pub web_dir: Option<PathBuf>,
+    pub max_frame_bytes: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+    pub join_timeout: Duration,
+    /// `None`: no per-connection rate limit.
+    pub rate_limit: Option<RateLimit>,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Origins accepted besides requests without Origin and the server's own origin.
+    pub allowed_origins: Vec<String>,
+    /// When set, a `join` must carry a room token signed with it.
+    pub token_secret: Option<String>,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            rooms: RoomsConfig::default(),
+            web_dir: None,
+            max_frame_bytes: 64 * 1024,
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+            join_timeout: Duration::from_secs(10),
+            rate_limit: Some(RateLimit::default()),
+            max_connections: 20_000,
+            max_connections_per_ip: 256,
+            allowed_origins: Vec::new(),
+            token_secret: None,
+            tls: None,
+        }
+    }
+}
+
+/// Switchboard signaling server: rooms, relay of offers, answers and ICE candidates, resume.
+#[derive(Debug, Parser)]
+#[command(name = "server", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mint a room token (for servers started with --token-secret) and print it as the last line.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The room the token grants.
+    #[arg(long)]
+    pub room: String,
+    /// How long the token is valid, e.g. 30m, 1h.
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Bind the token to this display name: the join's name must equal it.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The secret the server was started with.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where to listen; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Serve the page from this directory instead of the built-in copy (for editing it live).
+    #[arg(long)]
+    pub web_dir: Option<PathBuf>,
+    /// An ICE server URL handed to clients in `welcome` (repeatable), e.g. stun:stun.example.org.
+    #[arg(long = "ice-server", value_name = "URL")]
+    pub ice_servers: Vec<String>,
+    /// Members per room.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub room_size: u32,
+    /// Largest accepted WebSocket frame/message, in bytes.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(256..))]
+    pub max_frame_bytes: u32,
+    /// How often the server pings each connection.
+    #[arg(long, default_value = "15s", value_parser = parse_positive_duration)]
+    pub ping_interval: Duration,
+    /// Close a connection that has sent nothing (pongs included) for this long.
+    #[arg(long, default_value = "45s", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+    /// How long a member whose connection dropped keeps its place for a resume.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub resume_grace: Duration,
+    /// Most open WebSocket connections; past it the upgrade gets HTTP 503.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// Most connections from one client IP; past it the upgrade gets HTTP 429.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Most rooms; a join that would create one more gets `server_busy`.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_rooms: usize,
+    /// Close a socket that has not joined by then (1008).
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub join_timeout: Duration,
+    /// Accept WebSocket upgrades from this Origin too (repeatable), e.g. https://app.example.org.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Require a room token in every join, signed with this secret.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Serve https/wss with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Switch the per-connection rate limit off (trusted deployments, benchmarks); caps stay.
+    #[arg(long)]
+    pub no_rate_limit: bool,
+    /// Messages a connection may send in a burst.
+    #[arg(long, default_value_t = 1200)]
+    pub rate_burst: u32,
+    /// Messages per second a connection may send, sustained.
+    #[arg(long, default_value_t = 200)]
+    pub rate_per_sec: u32,
+}
+
+impl ServeArgs {
+    pub fn into_config(self) -> Config {
+        let defaults = Config::default();
+        let rate_limit = (!self.no_rate_limit).then(|| RateLimit {
+            burst_messages: f64::from(self.rate_burst),
+            messages_per_sec: f64::from(self.rate_per_sec),
+            ..RateLimit::default()
+        });
+        Config {
+            rooms: RoomsConfig {
+                room_size: self.room_size as usize,
+                max_rooms: self.max_rooms,
+                resume_grace: self.resume_grace,
+                ice_servers: self
+                    .ice_servers
+                    .into_iter()
+                    .map(|url| IceServer { urls: vec![url], username: None, credential: None })
+                    .collect(),
+                ..defaults.rooms
+            },
+            web_dir: self.web_dir,
+            max_frame_bytes: self.max_frame_bytes as usize,
+            ping_interval: self.ping_interval,
+            idle_timeout: self.idle_timeout,
+            join_timeout: self.join_timeout,
+            rate_limit,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            allowed_origins: self.allowed_origins,
+            token_secret: self.token_secret.filter(|s| !s.is_empty()),
+            tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles { cert, key }),
+        }
+    }
+}
+
+/// Durations as `250ms`, `2s`, `1m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 250ms, 2s, 1m, 1h)"))
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("must be longer than zero".into()),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_interfaces_md() {
+        let cli = Cli::try_parse_from(["server"]).expect("no flags is valid");
+        let config = cli.serve.into_config();
+        assert_eq!(config.rooms.room_size, 16);
+        assert_eq!(config.max_frame_bytes, 65536);
+        assert_eq!(config.ping_interval, Duration::from_secs(15));
+        assert_eq!(config.idle_timeout, Duration::from_secs(45));
+        assert_eq!(config.rooms.resume_grace, Duration::from_secs(20));
+        assert_eq!((config.max_connections, config.max_connections_per_ip), (20_000, 256));
+        assert_eq!(config.rooms.max_rooms, 10_000);
+        assert_eq!(config.join_timeout, Duration::from_secs(10));
+        assert!(config.rate_limit.is_some());
+    }
+
+    #[test]
+    fn durations_take_the_documented_units() {
+        for (text, expected) in [("250ms", 250), ("2s", 2000), ("1m", 60_000), ("1h", 3_600_000)] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(expected)));
+        }
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn ice_servers_become_rtc_ice_server_objects() {
+        let cli = Cli::try_parse_from(["server", "--ice-server", "stun:a", "--ice-server", "turn:b"])
+            .expect("valid");
+        let servers = cli.serve.into_config().rooms.ice_servers;
+        assert_eq!(servers[1].urls, ["turn:b"]);
+    }
+}

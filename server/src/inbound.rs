@@ -1,0 +1,203 @@
+//! Parsing one client text frame into a request, or a [`Refusal`] saying exactly what is wrong.
+//!
+//! A `signal` is validated against the protocol's shapes but relayed as the sender wrote it: the
+//! request keeps the raw JSON text of the signal, so fields a browser adds survive unchanged and
+//! the relay never re-encodes.
+
+use protocol::{DisplayName, ErrorCode, RoomName, Signal};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::refusal::Refusal;
+
+/// A well-formed client request.
+#[derive(Debug, PartialEq)]
+pub enum Request<'a> {
+    Join {
+        room: RoomName,
+        name: Option<DisplayName>,
+        resume: Option<String>,
+        token: Option<String>,
+    },
+    /// `signal` is the signal's JSON text exactly as received, already validated.
+    Signal {
+        to: String,
+        signal: &'a str,
+    },
+    Leave,
+}
+
+/// Every field any request may carry, each kept raw so that a field is type-checked only when
+/// the message type gives it a meaning ("unknown fields are ignored").
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    room: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    resume: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    signal: Option<&'a RawValue>,
+}
+
+pub fn parse(text: &str) -> Result<Request<'_>, Refusal> {
+    let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            Refusal::new(ErrorCode::BadMessage, format!("not a protocol message: {e}"))
+        } else {
+            Refusal::new(ErrorCode::BadJson, format!("not valid JSON: {e}"))
+        }
+    })?;
+    let kind = match envelope.kind {
+        None => return Err(bad_message("missing field \"type\"")),
+        Some(raw) => string_field("type", raw)?,
+    };
+    match kind.as_str() {
+        "join" => parse_join(&envelope),
+        "signal" => parse_signal(&envelope),
+        "leave" => Ok(Request::Leave),
+        other => Err(bad_message(format!("unknown message type {other:?}"))),
+    }
+}
+
+fn parse_join(envelope: &Envelope) -> Result<Request<'static>, Refusal> {
+    let room = match envelope.room {
+        None => return Err(bad_message("join needs a \"room\"")),
+        Some(raw) => string_field("room", raw)?,
+    };
+    let room = RoomName::parse(&room).map_err(|e| Refusal::new(ErrorCode::BadRoom, e.to_string()))?;
+    let name = optional_string_field("name", envelope.name)?
+        .map(|name| DisplayName::parse(&name).map_err(|e| Refusal::new(ErrorCode::BadName, e.to_string())))
+        .transpose()?;
+    let resume = optional_string_field("resume", envelope.resume)?;
+    let token = optional_string_field("token", envelope.token)?;
+    Ok(Request::Join { room, name, resume, token })
+}
+
+fn parse_signal<'a>(envelope: &Envelope<'a>) -> Result<Request<'a>, Refusal> {
+    // An error about a signal carries its `to` whenever the client gave a usable one.
+    let to = match envelope.to {
+        None => return Err(bad_message("signal needs a \"to\"")),
+        Some(raw) => string_field("to", raw)?,
+    };
+    let Some(signal) = envelope.signal else {
+        return Err(bad_message("signal needs a \"signal\"").about_signal_to(Some(&to)));
+    };
+    if let Err(e) = serde_json::from_str::<Signal>(signal.get()) {
+        return Err(bad_message(format!(
+            "\"signal\" must be an offer, an answer or a candidate as the browser gives them: {e}"
+        ))
+        .about_signal_to(Some(&to)));
+    }
+    Ok(Request::Signal { to, signal: signal.get() })
+}
+
+fn bad_message(message: impl Into<String>) -> Refusal {
+    Refusal::new(ErrorCode::BadMessage, message)
+}
+
+fn string_field(field: &str, raw: &RawValue) -> Result<String, Refusal> {
+    serde_json::from_str::<String>(raw.get())
+        .map_err(|_| bad_message(format!("field {field:?} must be a string, got {}", abbreviate(raw.get()))))
+}
+
+/// A field that may be absent or `null`.
+fn optional_string_field(field: &str, raw: Option<&RawValue>) -> Result<Option<String>, Refusal> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) => string_field(field, raw).map(Some),
+    }
+}
+
+fn abbreviate(json: &str) -> String {
+    match json.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}…", &json[..cut]),
+        None => json.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse(text).expect_err("should be refused").code
+    }
+
+    #[test]
+    fn join_with_every_field() {
+        let request =
+            parse(r#"{"type":"join","room":"lobby","name":"ana","resume":"t0","token":"x","extra":[1]}"#);
+        assert_eq!(
+            request,
+            Ok(Request::Join {
+                room: RoomName::parse("lobby").expect("valid"),
+                name: Some(DisplayName::parse("ana").expect("valid")),
+                resume: Some("t0".into()),
+                token: Some("x".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn signal_keeps_the_raw_text() {
+        let text = r#"{"type":"signal","to":"p-1","signal":{"type":"offer", "sdp":"v=0","x-extra":true}}"#;
+        assert_eq!(
+            parse(text),
+            Ok(Request::Signal {
+                to: "p-1".into(),
+                signal: r#"{"type":"offer", "sdp":"v=0","x-extra":true}"#
+            })
+        );
+    }
+
+    #[test]
+    fn refusals_name_the_right_code() {
+        assert_eq!(code("{"), ErrorCode::BadJson);
+        assert_eq!(code("not json"), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadMessage);
+        assert_eq!(code("42"), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"room":"a"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"join"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"join","room":5}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"join","room":"a b"}"#), ErrorCode::BadRoom);
+        assert_eq!(code(r#"{"type":"join","room":"a","name":""}"#), ErrorCode::BadName);
+        assert_eq!(code(r#"{"type":"join","room":"a","token":5}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"signal","signal":{"type":"offer","sdp":""}}"#), ErrorCode::BadMessage);
+    }
+
+    #[test]
+    fn a_bad_signal_error_carries_its_to() {
+        let refusal = parse(r#"{"type":"signal","to":"p-2","signal":{"type":"offer"}}"#).expect_err("no sdp");
+        assert_eq!((refusal.code, refusal.to.as_deref()), (ErrorCode::BadMessage, Some("p-2")));
+        let refusal = parse(r#"{"type":"signal","to":"p-2"}"#).expect_err("no signal");
+        assert_eq!(refusal.to.as_deref(), Some("p-2"));
+    }
+
+    #[test]
+    fn fields_of_other_types_are_ignored() {
+        assert_eq!(parse(r#"{"type":"leave","room":5,"to":[]}"#), Ok(Request::Leave));
+    }
+
+    #[test]
+    fn candidate_shapes_from_the_browser_pass() {
+        for signal in [
+            r#"{"type":"candidate","candidate":null}"#,
+            r#"{"type":"candidate","candidate":{"candidate":""}}"#,
+            r#"{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 ::1 9 typ host","sdpMid":null,"sdpMLineIndex":null,"usernameFragment":null}}"#,
+        ] {
+            let text = format!(r#"{{"type":"signal","to":"p","signal":{signal}}}"#);
+            assert!(parse(&text).is_ok(), "{text}");
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! One WebSocket connection: a read loop that parses, budgets and hands requests to [`Rooms`],
+//! and a write loop that writes what [`Rooms`] queued for it. Neither holds any protocol state
+//! beyond what a single connection needs; the rules live in `rooms.rs`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use protocol::{ErrorCode, close_code};
+use tokio::sync::Notify;
+use tokio::time::{Duration, timeout, timeout_at};
+use tracing::Instrument;
+
+use crate::admission::Ticket;
+use crate::budget::{Budget, Verdict};
+use crate::grant;
+use crate::ids::PeerId;
+use crate::inbound::{self, Request};
+use crate::refusal::Refusal;
+use crate::rooms::{CloseRequest, ConnId, JoinRequest};
+use crate::state::Shared;
+
+/// How long the writer may take to deliver a close frame before the socket is dropped.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves one upgraded connection until it ends, whichever side ends it.
+pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
+    let wake = Arc::new(Notify::new());
+    let conn = shared.rooms().connect(Arc::clone(&wake));
+    let span = tracing::info_span!("conn", %conn);
+    async move {
+        // Whatever path ends this function, the connection's membership is suspended (or
+        // dropped, if it never joined) exactly once.
+        let _membership = DisconnectOnDrop { shared: &shared, conn };
+        let _ticket = ticket;
+        let (sink, stream) = socket.split();
+        let reader = Reader::new(&shared, conn).run(stream);
+        let writer = write_loop(sink, &shared, conn, &wake);
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            end = &mut reader => {
+                if end == ReadEnd::Closing {
+                    // The reader asked for a close: let the writer finish what is queued and
+                    // send the close frame.
+                    let _ = timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer).await;
+                }
+            }
+            () = &mut writer => {}
+        }
+        tracing::debug!("connection ended");
+    }
+    .instrument(span)
+    .await;
+}
+
+struct DisconnectOnDrop<'a> {
+    shared: &'a Shared,
+    conn: ConnId,
+}
+
+impl Drop for DisconnectOnDrop<'_> {
+    fn drop(&mut self) {
+        self.shared.rooms().disconnect(self.conn, Instant::now());
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// The client went away.
+    Gone,
+    /// A close was requested; the writer sends it.
+    Closing,
+}
+
+struct Reader<'a> {
+    shared: &'a Shared,
+    conn: ConnId,
+    budget: Budget,
+    /// Set once joined: the member id, and the start of every signal frame it sends.
+    member: Option<(PeerId, String)>,
+    joined_by: Instant,
+    heard_at: Instant,
+}
+
+impl<'a> Reader<'a> {
+    fn new(shared: &'a Shared, conn: ConnId) -> Self {
+        let now = Instant::now();
+        Self {
+            shared,
+            conn,
+            budget: Budget::new(shared.config.rate_limit, now),
+            member: None,
+            joined_by: now + shared.config.join_timeout,
+            heard_at: now,
+        }
+    }
+
+    async fn run(mut self, mut stream: SplitStream<WebSocket>) -> ReadEnd {
+        loop {
+            let idle_deadline = self.heard_at + self.shared.config.idle_timeout;
+            let deadline = match self.member {
+                Some(_) => idle_deadline,
+                None => idle_deadline.min(self.joined_by),
+            };
+            let message = match timeout_at(deadline.into(), stream.next()).await {
+                Err(_elapsed) if self.member.is_none() && Instant::now() >= self.joined_by => {
+                    tracing::info!("closing: no join within the join timeout");
+                    return self.close(close_code::POLICY, "join timeout");
+                }
+                Err(_elapsed) => {
+                    tracing::info!("closing: idle timeout");
+                    return self.close(close_code::GOING_AWAY, "idle timeout");
+                }
+                Ok(None) => return ReadEnd::Gone,
+                Ok(Some(Err(error))) => return self.on_socket_error(error),
+                Ok(Some(Ok(message))) => message,
+            };
+            self.heard_at = Instant::now();
+            match message {
+                Message::Text(text) => {
+                    if let Some(end) = self.on_text(&text) {
+                        return end;
+                    }
+                }
+                Message::Binary(_) => self.refuse(Refusal::new(
+                    ErrorCode::BinaryUnsupported,
+                    "binary frames are not part of the protocol; send JSON in text frames",
+                )),
+                Message::Close(_) => return ReadEnd::Gone,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+    }
+
+    /// Handles one text frame; `Some` ends the read loop.
+    fn on_text(&mut self, text: &str) -> Option<ReadEnd> {
+        let now = Instant::now();
+        let request = inbound::parse(text);
+        if !matches!(request, Ok(Request::Leave)) {
+            match self.budget.charge(text.len(), now) {
+                Verdict::Allowed => {}
+                Verdict::Refused => {
+                    let to = match &request {
+                        Ok(Request::Signal { to, .. }) => Some(to.as_str()),
+                        _ => None,
+                    };
+                    self.refuse(
+                        Refusal::new(ErrorCode::RateLimited, "over the message budget; slow down")
+                            .about_signal_to(to),
+                    );
+                    return None;
+                }
+                Verdict::Abusive => {
+                    tracing::warn!("closing: kept sending over the rate limit");
+                    return Some(self.close(close_code::POLICY, "rate limit"));
+                }
+            }
+        }
+        match request {
+            Err(refusal) => self.refuse(refusal),
+            Ok(Request::Join { room, name, resume, token }) => {
+                return self.join(room, name, resume, token, now);
+            }
+            Ok(Request::Signal { to, signal }) => self.relay(&to, signal, now),
+            Ok(Request::Leave) => {
+                return match self.shared.rooms().leave(self.conn, now) {
+                    Ok(()) => Some(ReadEnd::Closing),
+                    Err(refusal) => {
+                        self.refuse(refusal);
+                        None
+                    }
+                };
+            }
+        }
+        None
+    }
+
+    fn join(
+        &mut self,
+        room: protocol::RoomName,
+        name: Option<protocol::DisplayName>,
+        resume: Option<String>,
+        token: Option<String>,
+        now: Instant,
+    ) -> Option<ReadEnd> {
+        if self.member.is_some() {
+            self.refuse(Refusal::new(ErrorCode::AlreadyJoined, "this connection has already joined a room"));
+            return None;
+        }
+        let grant = match &self.shared.config.token_secret {
+            None => Ok(()),
+            Some(secret) => {
+                grant::verify(secret, token.as_deref(), &room, name.as_ref(), std::time::SystemTime::now())
+            }
+        };
+        let request = JoinRequest { room, name, resume };
+        let mut rooms = self.shared.rooms();
+        // A resume within grace needs no room token: the resume token already proves membership.
+        if let Err(reason) = grant
+            && !rooms.can_resume(&request)
+        {
+            drop(rooms);
+            tracing::info!(%reason, "join refused: unauthorized");
+            self.refuse(Refusal::new(ErrorCode::Unauthorized, reason));
+            return Some(self.close(close_code::POLICY, "unauthorized"));
+        }
+        match rooms.join(self.conn, request, now) {
+            Ok(joined) => {
+                drop(rooms);
+                tracing::info!(peer = %joined.id, room = %joined.room, resumed = joined.resumed, "joined");
+                let from = serde_json::to_string(joined.id.as_str()).unwrap_or_default();
+                let prefix = format!(r#"{{"type":"signal","from":{from},"signal":"#);
+                self.member = Some((joined.id, prefix));
+            }
+            Err(refusal) => {
+                drop(rooms);
+                self.refuse(refusal);
+            }
+        }
+        None
+    }
+
+    fn relay(&mut self, to: &str, signal: &str, now: Instant) {
+        let Some((from, prefix)) = &self.member else {
+            self.refuse(
+                Refusal::new(ErrorCode::NotJoined, "join a room before sending signals")
+                    .about_signal_to(Some(to)),
+            );
+            return;
+        };
+        let mut frame = String::with_capacity(prefix.len() + signal.len() + 1);
+        frame.push_str(prefix);
+        frame.push_str(signal);
+        frame.push('}');
+        let result = self.shared.rooms().relay(self.conn, from, to, Utf8Bytes::from(frame), now);
+        if let Err(refusal) = result {
+            self.refuse(refusal);
+        }
+    }
+
+    fn refuse(&self, refusal: Refusal) {
+        tracing::debug!(code = %refusal.code, message = %refusal.message, "refused");
+        self.shared.rooms().refuse(self.conn, &refusal, Instant::now());
+    }
+
+    fn close(&self, code: u16, reason: &'static str) -> ReadEnd {
+        self.shared.rooms().close(self.conn, CloseRequest::new(code, reason));
+        ReadEnd::Closing
+    }
+
+    /// RFC 6455 failures: tell the client why, where the socket still allows it.
+    fn on_socket_error(&self, error: axum::Error) -> ReadEnd {
+        let error = error.into_inner();
+        let Some(error) = error.downcast_ref::<tungstenite::Error>() else {
+            tracing::debug!(%error, "socket error");
+            return ReadEnd::Gone;
+        };
+        use tungstenite::error::{CapacityError, ProtocolError};
+        match error {
+            tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                tracing::info!(size, max_size, "closing: frame too large");
+                self.refuse(Refusal::new(
+                    ErrorCode::TooLarge,
+                    format!("message of {size} bytes is over the limit of {max_size} bytes"),
+                ));
+                self.close(close_code::TOO_BIG, "message too large")
+            }
+            tungstenite::Error::Utf8(_) => {
+                tracing::info!("closing: invalid UTF-8 in a text frame");
+                self.close(close_code::INVALID_PAYLOAD, "invalid UTF-8")
+            }
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => ReadEnd::Gone,
+            tungstenite::Error::Protocol(violation) => {
+                tracing::info!(%violation, "closing: WebSocket protocol violation");
+                self.close(close_code::PROTOCOL_ERROR, "protocol violation")
+            }
+            other => {
+                tracing::debug!(error = %other, "socket error");
+                ReadEnd::Gone
+            }
+        }
+    }
+}
+
+/// Writes what [`Rooms`](crate::rooms::Rooms) queues for this connection, pings it, and sends the
+/// close frame when one is requested or the server shuts down.
+async fn write_loop(mut sink: SplitSink<WebSocket, Message>, shared: &Shared, conn: ConnId, wake: &Notify) {
+    let mut ping = tokio::time::interval(shared.config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    // After a write, look again before sleeping: wake-ups that came during it were consumed.
+    let mut just_wrote = false;
+    loop {
+        if !just_wrote {
+            tokio::select! {
+                biased;
+                () = shared.shutdown.cancelled() => {
+                    let close = CloseRequest::new(close_code::GOING_AWAY, "server shutting down");
+                    send_close(&mut sink, close).await;
+                    return;
+                }
+                () = wake.notified() => {}
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        let outbound = shared.rooms().take_outbound(conn);
+        just_wrote = !outbound.frames.is_empty();
+        if just_wrote {
+            // Several frames queued at once go out in one flush: one syscall, not one each.
+            let write = async {
+                for frame in outbound.frames {
+                    sink.feed(Message::Text(frame)).await?;
+                }
+                sink.flush().await
+            };
+            let written = tokio::select! {
+                result = write => result.is_ok(),
+                () = shared.shutdown.cancelled() => false,
+                () = abandoned(shared, conn, wake) => false,
+            };
+            if !written {
+                return;
+            }
+        }
+        if let Some(close) = outbound.close {
+            send_close(&mut sink, close).await;
+            return;
+        }
+    }
+}
+
+/// Resolves when the connection is closed for not reading (or replaced) while its writer is
+/// stuck: a close frame could not get through anyway, so the socket is dropped.
+async fn abandoned(shared: &Shared, conn: ConnId, wake: &Notify) {
+    loop {
+        wake.notified().await;
+        if shared.rooms().close_requested(conn).is_some_and(|close| close.immediate) {
+            return;
+        }
+    }
+}
+
+async fn send_close(sink: &mut SplitSink<WebSocket, Message>, close: CloseRequest) {
+    let frame = CloseFrame { code: close.code, reason: Utf8Bytes::from_static(close.reason) };
+    let _ = timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+}
