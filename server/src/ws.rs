@@ -35,19 +35,32 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
         // dropped, if it never joined) exactly once.
         let _membership = DisconnectOnDrop { shared: &shared, conn };
         let _ticket = ticket;
-        let (sink, stream) = socket.split();
-        let reader = Reader::new(&shared, conn).run(stream);
-        let writer = write_loop(sink, &shared, conn, &wake);
-        tokio::pin!(reader, writer);
-        tokio::select! {
-            end = &mut reader => {
-                if end == ReadEnd::Closing {
+        let (sink, mut stream) = socket.split();
+        let ended = {
+            let reader = Reader::new(&shared, conn).run(&mut stream);
+            let writer = write_loop(sink, &shared, conn, &wake);
+            tokio::pin!(reader, writer);
+            tokio::select! {
+                end = &mut reader => match end {
+                    ReadEnd::Gone => WriteEnd::Dropped,
                     // The reader asked for a close: let the writer finish what is queued and
                     // send the close frame.
-                    let _ = timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer).await;
-                }
+                    ReadEnd::Closing => timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer).await.unwrap_or(WriteEnd::Dropped),
+                },
+                end = &mut writer => end,
             }
-            () = &mut writer => {}
+        };
+        if ended == WriteEnd::CloseSent {
+            // Closing handshake: read on until the client's close, so that unread input does
+            // not make the kernel reset the connection before the client reads our close frame.
+            let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
         tracing::debug!("connection ended");
     }
@@ -64,6 +77,13 @@ impl Drop for DisconnectOnDrop<'_> {
     fn drop(&mut self) {
         self.shared.rooms().disconnect(self.conn, Instant::now());
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum WriteEnd {
+    CloseSent,
+    /// The socket failed, or was abandoned because its client does not read.
+    Dropped,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -97,7 +117,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    async fn run(mut self, mut stream: SplitStream<WebSocket>) -> ReadEnd {
+    async fn run(mut self, stream: &mut SplitStream<WebSocket>) -> ReadEnd {
         loop {
             let idle_deadline = self.heard_at + self.shared.config.idle_timeout;
             let deadline = match self.member {
@@ -286,7 +306,12 @@ impl<'a> Reader<'a> {
 
 /// Writes what [`Rooms`](crate::rooms::Rooms) queues for this connection, pings it, and sends the
 /// close frame when one is requested or the server shuts down.
-async fn write_loop(mut sink: SplitSink<WebSocket, Message>, shared: &Shared, conn: ConnId, wake: &Notify) {
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    shared: &Shared,
+    conn: ConnId,
+    wake: &Notify,
+) -> WriteEnd {
     let mut ping = tokio::time::interval(shared.config.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
@@ -298,13 +323,12 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, shared: &Shared, co
                 biased;
                 () = shared.shutdown.cancelled() => {
                     let close = CloseRequest::new(close_code::GOING_AWAY, "server shutting down");
-                    send_close(&mut sink, close).await;
-                    return;
+                    return send_close(&mut sink, close).await;
                 }
                 () = wake.notified() => {}
                 _ = ping.tick() => {
                     if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return;
+                        return WriteEnd::Dropped;
                     }
                     continue;
                 }
@@ -326,12 +350,11 @@ async fn write_loop(mut sink: SplitSink<WebSocket, Message>, shared: &Shared, co
                 () = abandoned(shared, conn, wake) => false,
             };
             if !written {
-                return;
+                return WriteEnd::Dropped;
             }
         }
         if let Some(close) = outbound.close {
-            send_close(&mut sink, close).await;
-            return;
+            return send_close(&mut sink, close).await;
         }
     }
 }
@@ -347,7 +370,10 @@ async fn abandoned(shared: &Shared, conn: ConnId, wake: &Notify) {
     }
 }
 
-async fn send_close(sink: &mut SplitSink<WebSocket, Message>, close: CloseRequest) {
+async fn send_close(sink: &mut SplitSink<WebSocket, Message>, close: CloseRequest) -> WriteEnd {
     let frame = CloseFrame { code: close.code, reason: Utf8Bytes::from_static(close.reason) };
-    let _ = timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    match timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await {
+        Ok(Ok(())) => WriteEnd::CloseSent,
+        _ => WriteEnd::Dropped,
+    }
 }

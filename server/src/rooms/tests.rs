@@ -1,1 +1,283 @@
+//! The room rules, driven directly: no sockets, time passed in.
 
+use super::*;
+use serde_json::Value;
+
+fn rooms_with(config: RoomsConfig) -> Rooms {
+    Rooms::new(config)
+}
+
+fn rooms() -> Rooms {
+    rooms_with(RoomsConfig::default())
+}
+
+fn request(room: &str, name: Option<&str>, resume: Option<&str>) -> JoinRequest {
+    JoinRequest {
+        room: RoomName::parse(room).expect("valid room"),
+        name: name.map(|n| DisplayName::parse(n).expect("valid name")),
+        resume: resume.map(str::to_owned),
+    }
+}
+
+/// A connection plus the member it joined as.
+struct Client {
+    conn: ConnId,
+    id: PeerId,
+}
+
+fn join(rooms: &mut Rooms, room: &str, name: &str, now: Instant) -> Client {
+    let conn = rooms.connect(Arc::new(Notify::new()));
+    let joined = rooms.join(conn, request(room, Some(name), None), now).expect("join succeeds");
+    Client { conn, id: joined.id }
+}
+
+/// Everything written to the connection so far, parsed.
+fn drain(rooms: &mut Rooms, conn: ConnId) -> Vec<Value> {
+    rooms.take_outbound(conn).frames.iter().map(|f| serde_json::from_str(f.as_str()).expect("JSON")).collect()
+}
+
+fn types(messages: &[Value]) -> Vec<&str> {
+    messages.iter().map(|m| m["type"].as_str().unwrap_or("?")).collect()
+}
+
+fn resume_token_of(messages: &[Value]) -> String {
+    let welcome = messages.iter().find(|m| m["type"] == "welcome").expect("a welcome");
+    welcome["resume_token"].as_str().expect("token").to_owned()
+}
+
+fn signal(n: usize) -> Frame {
+    format!(r#"{{"type":"signal","from":"x","signal":{{"n":{n}}}}}"#).into()
+}
+
+#[test]
+fn welcome_lists_earlier_members_oldest_first_and_others_hear_of_the_newcomer() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "lobby", "ana", now);
+    let bob = join(&mut rooms, "lobby", "bob", now);
+    let cy = join(&mut rooms, "lobby", "cy", now);
+    let welcome = drain(&mut rooms, cy.conn);
+    assert_eq!(types(&welcome), ["welcome"]);
+    let peers: Vec<&str> = welcome[0]["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(peers, ["ana", "bob"]);
+    assert_eq!(welcome[0]["resumed"], false);
+    let to_ana = drain(&mut rooms, ana.conn);
+    assert_eq!(types(&to_ana), ["welcome", "peer_joined", "peer_joined"]);
+    assert_eq!(to_ana[2]["peer"]["id"], cy.id.as_str());
+    assert_eq!(types(&drain(&mut rooms, bob.conn)), ["welcome", "peer_joined"]);
+}
+
+#[test]
+fn the_default_name_is_the_id() {
+    let mut rooms = rooms();
+    let conn = rooms.connect(Arc::new(Notify::new()));
+    let joined = rooms.join(conn, request("r", None, None), Instant::now()).expect("joins");
+    let other = join(&mut rooms, "r", "b", Instant::now());
+    let welcome = drain(&mut rooms, other.conn);
+    assert_eq!(welcome[0]["peers"][0]["name"], joined.id.as_str());
+}
+
+#[test]
+fn signals_reach_only_members_of_the_same_room() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "one", "ana", now);
+    let bob = join(&mut rooms, "one", "bob", now);
+    let eve = join(&mut rooms, "two", "eve", now);
+    drain(&mut rooms, bob.conn);
+    rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(1), now).expect("same room");
+    assert_eq!(drain(&mut rooms, bob.conn)[0]["signal"]["n"], 1);
+    for to in [eve.id.as_str(), ana.id.as_str(), "nobody"] {
+        let refusal = rooms.relay(ana.conn, &ana.id, to, signal(2), now).expect_err("not reachable");
+        assert_eq!((refusal.code, refusal.to.as_deref()), (ErrorCode::UnknownPeer, Some(to)));
+    }
+    assert!(drain(&mut rooms, eve.conn).iter().all(|m| m["type"] != "signal"));
+    assert_eq!(rooms.stats().signals_relayed, 1);
+}
+
+#[test]
+fn a_connection_cannot_send_as_another_member() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    let refusal = rooms.relay(bob.conn, &ana.id, bob.id.as_str(), signal(1), now).expect_err("forged");
+    assert_eq!(refusal.code, ErrorCode::NotJoined);
+}
+
+#[test]
+fn room_size_and_room_cap_are_enforced() {
+    let mut rooms = rooms_with(RoomsConfig { room_size: 2, max_rooms: 1, ..RoomsConfig::default() });
+    let now = Instant::now();
+    join(&mut rooms, "r", "a", now);
+    join(&mut rooms, "r", "b", now);
+    let conn = rooms.connect(Arc::new(Notify::new()));
+    assert_eq!(rooms.join(conn, request("r", None, None), now).expect_err("full").code, ErrorCode::RoomFull);
+    assert_eq!(rooms.join(conn, request("s", None, None), now).expect_err("cap").code, ErrorCode::ServerBusy);
+    assert_eq!(rooms.stats().rooms, 1);
+}
+
+#[test]
+fn joining_twice_is_refused() {
+    let mut rooms = rooms();
+    let ana = join(&mut rooms, "r", "ana", Instant::now());
+    let refusal = rooms.join(ana.conn, request("s", None, None), Instant::now()).expect_err("twice");
+    assert_eq!(refusal.code, ErrorCode::AlreadyJoined);
+}
+
+#[test]
+fn leave_tells_the_room_at_once_and_closes_normally() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    drain(&mut rooms, ana.conn);
+    rooms.leave(bob.conn, now).expect("joined");
+    let to_ana = drain(&mut rooms, ana.conn);
+    assert_eq!(types(&to_ana), ["peer_left"]);
+    assert_eq!(to_ana[0]["id"], bob.id.as_str());
+    assert_eq!(rooms.take_outbound(bob.conn).close.map(|c| c.code), Some(1000));
+    rooms.leave(ana.conn, now).expect("joined");
+    assert_eq!(rooms.stats().rooms, 0);
+}
+
+#[test]
+fn a_dropped_member_resumes_with_its_id_and_everything_queued_in_order() {
+    let mut rooms = rooms();
+    let start = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", start);
+    let bob = join(&mut rooms, "r", "bob", start);
+    let token = resume_token_of(&drain(&mut rooms, bob.conn));
+    rooms.disconnect(bob.conn, start);
+    for n in 0..5 {
+        rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), start).expect("queued for bob");
+    }
+    let cy = join(&mut rooms, "r", "cy", start);
+    assert!(
+        drain(&mut rooms, ana.conn).iter().all(|m| m["type"] != "peer_left"),
+        "no peer_left during grace"
+    );
+
+    let back = rooms.connect(Arc::new(Notify::new()));
+    let joined =
+        rooms.join(back, request("r", None, Some(&token)), start + Duration::from_secs(5)).expect("resumes");
+    assert_eq!((joined.id.clone(), joined.resumed), (bob.id.clone(), true));
+    let messages = drain(&mut rooms, back);
+    assert_eq!(
+        types(&messages),
+        ["welcome", "signal", "signal", "signal", "signal", "signal", "peer_joined"]
+    );
+    assert_eq!(messages[0]["resumed"], true);
+    assert_ne!(resume_token_of(&messages), token, "a new token each welcome");
+    let numbers: Vec<i64> = messages[1..6].iter().map(|m| m["signal"]["n"].as_i64().expect("n")).collect();
+    assert_eq!(numbers, [0, 1, 2, 3, 4]);
+    assert_eq!(messages[6]["peer"]["id"], cy.id.as_str());
+    assert!(drain(&mut rooms, back).is_empty(), "exactly once");
+
+    // The token was single-use: a second resume with it joins fresh.
+    let again = rooms.connect(Arc::new(Notify::new()));
+    let fresh = rooms.join(again, request("r", None, Some(&token)), start).expect("joins");
+    assert!(!fresh.resumed);
+    assert_ne!(fresh.id, bob.id);
+}
+
+#[test]
+fn grace_expiry_ends_the_member_and_its_token() {
+    let mut rooms =
+        rooms_with(RoomsConfig { resume_grace: Duration::from_secs(2), ..RoomsConfig::default() });
+    let start = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", start);
+    let bob = join(&mut rooms, "r", "bob", start);
+    let token = resume_token_of(&drain(&mut rooms, bob.conn));
+    drain(&mut rooms, ana.conn);
+    rooms.disconnect(bob.conn, start);
+    rooms.expire(start + Duration::from_millis(1999));
+    assert!(drain(&mut rooms, ana.conn).is_empty());
+    rooms.expire(start + Duration::from_secs(2));
+    let to_ana = drain(&mut rooms, ana.conn);
+    assert_eq!(types(&to_ana), ["peer_left"]);
+    let late = rooms.connect(Arc::new(Notify::new()));
+    let joined =
+        rooms.join(late, request("r", None, Some(&token)), start + Duration::from_secs(3)).expect("joins");
+    assert!(!joined.resumed, "an expired token joins fresh");
+}
+
+#[test]
+fn a_resume_while_the_old_socket_is_open_replaces_it() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let token = resume_token_of(&drain(&mut rooms, ana.conn));
+    let bob = join(&mut rooms, "r", "bob", now);
+    rooms.relay(bob.conn, &bob.id, ana.id.as_str(), signal(7), now).expect("delivered");
+    let second = rooms.connect(Arc::new(Notify::new()));
+    rooms.join(second, request("r", None, Some(&token)), now).expect("resumes");
+    let old = rooms.take_outbound(ana.conn);
+    assert!(old.frames.is_empty(), "unwritten frames moved to the new socket");
+    assert_eq!(old.close.map(|c| c.code), Some(4000));
+    assert_eq!(types(&drain(&mut rooms, second)), ["welcome", "peer_joined", "signal"]);
+    // The old socket's end does not suspend the member that moved on.
+    rooms.disconnect(ana.conn, now);
+    assert_eq!(rooms.stats().suspended_members, 0);
+}
+
+#[test]
+fn a_client_that_does_not_read_is_closed_and_keeps_its_place() {
+    let bound = Bound { frames: 4, bytes: 1 << 20 };
+    let mut rooms = rooms_with(RoomsConfig { outbox: bound, ..RoomsConfig::default() });
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    let token = resume_token_of(&drain(&mut rooms, bob.conn));
+    for n in 0..5 {
+        rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), now).expect("accepted");
+    }
+    let kicked = rooms.take_outbound(bob.conn);
+    assert_eq!(kicked.close.map(|c| (c.code, c.immediate)), Some((1008, true)));
+    assert!(kicked.frames.is_empty());
+    assert_eq!(rooms.stats().suspended_members, 1);
+    // Nothing was lost: the resume gets all five.
+    rooms.disconnect(bob.conn, now);
+    let back = rooms.connect(Arc::new(Notify::new()));
+    rooms.join(back, request("r", None, Some(&token)), now).expect("resumes");
+    assert_eq!(drain(&mut rooms, back).len(), 6);
+}
+
+#[test]
+fn an_overflowing_resume_queue_ends_the_member() {
+    let bound = Bound { frames: 2, bytes: 1 << 20 };
+    let mut rooms = rooms_with(RoomsConfig { outbox: bound, ..RoomsConfig::default() });
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    drain(&mut rooms, ana.conn);
+    drain(&mut rooms, bob.conn);
+    rooms.disconnect(bob.conn, now);
+    for n in 0..4 {
+        rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), now).expect("queued");
+    }
+    assert!(drain(&mut rooms, ana.conn).is_empty());
+    assert!(
+        rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(4), now).is_ok(),
+        "overflow is not the sender's error"
+    );
+    assert_eq!(types(&drain(&mut rooms, ana.conn)), ["peer_left"]);
+    assert_eq!(rooms.stats().members, 1);
+}
+
+#[test]
+fn ids_are_never_reused() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let client = join(&mut rooms, "r", "x", now);
+        assert!(seen.insert(client.id.clone()));
+        rooms.leave(client.conn, now).expect("joined");
+    }
+}
