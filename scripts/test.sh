@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of Switchboard on a fresh Debian machine (as root): installs what the tests
+# need (Chromium and ChromeDriver for the browser tests, iproute2 for the per-test network
+# namespaces), builds once, checks formatting and lints, then runs the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_packages=()
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
+command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
+command -v unshare >/dev/null 2>&1 || need_packages+=(util-linux)
+if [ ${#need_packages[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: missing ${need_packages[*]}; run as root (or install them) to run the e2e tests" >&2
+    exit 1
+  fi
+  echo "==> installing ${need_packages[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+fi
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+
+echo "==> build (once; the tests run these binaries)"
+cargo build --workspace --all-targets
+
+echo "==> clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "==> tests"
+cargo test --workspace "$@"
