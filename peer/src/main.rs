@@ -1,1 +1,189 @@
-fn main() {}
+//! `peer`: a terminal chat and scriptable test client for a Switchboard room.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use clap::Parser;
+use peer::mesh::{self, ChatOptions, Inputs, Outcome};
+use peer::output::Output;
+use peer::signaling::{JoinParams, Signaling};
+use peer::transport;
+use protocol::{DisplayName, RoomName};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+/// Log filter without RUST_LOG. webrtc-rs warns about things that are normal here (no DTLS
+/// server name on a peer connection, checks before the first remote candidate).
+const DEFAULT_LOG: &str = "warn,peer=info,rtc_dtls=error,rtc_ice=error";
+
+/// Lines read from stdin ahead of the mesh.
+const STDIN_QUEUE: usize = 64;
+
+/// Join a Switchboard room and chat with everyone in it over WebRTC data channels.
+///
+/// Lines typed on stdin go to every connected peer; received lines are printed.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Signaling WebSocket URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    server: String,
+    /// Room to join: 1-64 of A-Z a-z 0-9 _ . -
+    #[arg(long, default_value = "lobby", value_parser = parse_room)]
+    room: String,
+    /// Display name (default: the id the server gives).
+    #[arg(long, value_parser = parse_name)]
+    name: Option<String>,
+    /// Room token, for servers that require one.
+    #[arg(long)]
+    token: Option<String>,
+    /// Once a peer's chat channel opens, send TEXT to it (repeatable, in order).
+    #[arg(long = "send", value_name = "TEXT")]
+    send: Vec<String>,
+    /// Send every received chat line back to its sender.
+    #[arg(long)]
+    echo: bool,
+    /// Exit 0 once N chat lines have been received in total.
+    #[arg(long, value_name = "N")]
+    expect: Option<usize>,
+    /// Give up after this long (e.g. 30s): exit code 1.
+    #[arg(long, value_name = "D", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// One JSON event per line on stdout instead of human-readable lines.
+    #[arg(long)]
+    json: bool,
+    /// Local UDP address for peer connections (repeatable; default: loopback and every interface).
+    #[arg(long = "bind", value_name = "ADDR")]
+    bind: Vec<String>,
+}
+
+fn parse_room(s: &str) -> Result<String, String> {
+    RoomName::parse(s).map(|r| r.as_str().to_string()).map_err(|e| e.to_string())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    DisplayName::parse(s).map(|n| n.as_str().to_string()).map_err(|e| e.to_string())
+}
+
+fn main() {
+    // clap exits with code 2 on bad flags, as INTERFACES.md asks.
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => {
+            eprintln!("peer: cannot start the async runtime: {e}");
+            1
+        }
+    };
+    // Exit without waiting for the blocking stdin reader, which cannot be cancelled.
+    std::process::exit(code);
+}
+
+async fn run(args: Args) -> i32 {
+    let tasks = TaskTracker::new();
+    let (server_tx, server_rx) = mpsc::channel(256);
+    let signaling = Signaling::start(
+        JoinParams {
+            url: args.server.clone(),
+            room: args.room.clone(),
+            name: args.name.clone(),
+            token: args.token,
+        },
+        server_tx,
+        &tasks,
+    );
+
+    let (line_tx, line_rx) = mpsc::channel(STDIN_QUEUE);
+    // Not tracked: a read on stdin cannot be cancelled; the process exits past it.
+    tokio::spawn(read_stdin(line_tx));
+
+    let timeout = args.timeout;
+    let inputs = Inputs {
+        lines: line_rx,
+        shutdown: shutdown_signal(),
+        timeout: async move {
+            match timeout {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        },
+    };
+    let options = ChatOptions {
+        send: args.send,
+        echo: args.echo,
+        expect: args.expect,
+        bind: if args.bind.is_empty() {
+            transport::DEFAULT_BIND.iter().map(|s| s.to_string()).collect()
+        } else {
+            args.bind
+        },
+    };
+    let mut output = Output::new(args.json);
+    let outcome = mesh::run(options, signaling, server_rx, inputs, &mut |event| output.emit(&event)).await;
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
+        tracing::debug!("signaling task still running at exit");
+    }
+    match outcome {
+        Outcome::Done => 0,
+        Outcome::Failed(reason) => {
+            eprintln!("peer: {reason}");
+            1
+        }
+    }
+}
+
+/// Reads stdin line by line. A line that is not UTF-8 is refused with a message.
+async fn read_stdin(lines: mpsc::Sender<String>) {
+    let mut reader = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    buf.pop();
+                }
+                match String::from_utf8(std::mem::take(&mut buf)) {
+                    Ok(line) => {
+                        if lines.send(line).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => tracing::warn!("line not sent: it is not valid UTF-8"),
+                }
+            }
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,187 @@
+//! Two links in one process, wired to each other without a server.
+
+use std::time::Duration;
+
+use protocol::{MAX_CHAT_LINE_BYTES, Signal};
+use tokio::sync::mpsc;
+
+use super::*;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn loopback() -> LinkOptions {
+    LinkOptions { bind: vec!["127.0.0.1:0".to_string()], ice_servers: Vec::new() }
+}
+
+/// How signals travel between the two links in a test.
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    /// Every signal, as the server would relay it.
+    Trickle,
+    /// No candidate signals: each side's SDP must carry its candidates (sent once gathering
+    /// is complete), as a non-trickling client does.
+    NoTrickle,
+}
+
+struct Pair {
+    a: Link,
+    b: Link,
+    /// Non-signal events seen by each side.
+    a_events: mpsc::Receiver<LinkEvent>,
+    b_events: mpsc::Receiver<LinkEvent>,
+}
+
+/// `a` (polite, the newcomer) and `b` (impolite), with a task relaying signals between them.
+async fn pair(wire: Wire) -> Pair {
+    let (tx, mut rx) = mpsc::channel::<(String, LinkEvent)>(256);
+    let a = Link::new("b".into(), true, &loopback(), tx.clone()).await.expect("link a");
+    let b = Link::new("a".into(), false, &loopback(), tx).await.expect("link b");
+    let (a_out, a_events) = mpsc::channel(256);
+    let (b_out, b_events) = mpsc::channel(256);
+    // The relay needs to call into the links, so it gets its own handles through channels.
+    let (to_a, mut for_a) = mpsc::channel::<Signal>(256);
+    let (to_b, mut for_b) = mpsc::channel::<Signal>(256);
+    tokio::spawn(async move {
+        while let Some((remote, event)) = rx.recv().await {
+            // A link's events carry the *remote* id: events from link a say "b".
+            let (signal_to, events_to) = if remote == "b" { (&to_b, &a_out) } else { (&to_a, &b_out) };
+            match event {
+                LinkEvent::Signal(Signal::Candidate { .. }) if wire == Wire::NoTrickle => {}
+                LinkEvent::Signal(signal) => {
+                    let _ = signal_to.send(signal).await;
+                }
+                other => {
+                    let _ = events_to.send(other).await;
+                }
+            }
+        }
+    });
+    let pair = Pair { a, b, a_events, b_events };
+    let (a_pc, b_pc) = (pair.a.peer_connection().clone(), pair.b.peer_connection().clone());
+    let a_input = pair.a.input.clone();
+    let b_input = pair.b.input.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(signal) = for_a.recv() => {
+                    let signal = with_gathered_sdp(signal, &a_pc, &b_pc, wire).await;
+                    let _ = a_input.send(Input::Remote(signal)).await;
+                }
+                Some(signal) = for_b.recv() => {
+                    let signal = with_gathered_sdp(signal, &b_pc, &a_pc, wire).await;
+                    let _ = b_input.send(Input::Remote(signal)).await;
+                }
+                else => break,
+            }
+        }
+    });
+    pair
+}
+
+/// In `NoTrickle` mode, replaces an SDP by the sender's local description once its gathering
+/// is complete (it then lists every candidate), as a non-trickling client would send it.
+async fn with_gathered_sdp(
+    signal: Signal,
+    _receiver: &Arc<dyn PeerConnection>,
+    sender: &Arc<dyn PeerConnection>,
+    wire: Wire,
+) -> Signal {
+    if wire == Wire::Trickle {
+        return signal;
+    }
+    let full = async {
+        loop {
+            if let Some(d) = sender.local_description().await
+                && d.sdp.contains("a=candidate:")
+                && d.sdp.contains("a=end-of-candidates")
+            {
+                return d.sdp;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let sdp = tokio::time::timeout(DEADLINE, full).await.expect("gathering never completed");
+    match signal {
+        Signal::Offer { .. } => Signal::Offer { sdp },
+        Signal::Answer { .. } => Signal::Answer { sdp },
+        other => other,
+    }
+}
+
+async fn next(events: &mut mpsc::Receiver<LinkEvent>, what: &str) -> LinkEvent {
+    match tokio::time::timeout(DEADLINE, events.recv()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("event stream ended while waiting for {what}"),
+        Err(_) => panic!("no {what} within {DEADLINE:?}"),
+    }
+}
+
+async fn expect_open(events: &mut mpsc::Receiver<LinkEvent>) {
+    assert_eq!(next(events, "channel open").await, LinkEvent::ChannelOpen);
+}
+
+#[tokio::test]
+async fn newcomer_offer_opens_chat_both_ways() {
+    let mut p = pair(Wire::Trickle).await;
+    p.a.offer().await;
+    expect_open(&mut p.a_events).await;
+    expect_open(&mut p.b_events).await;
+
+    p.a.send_chat("hello from a".into()).await.expect("send a");
+    p.b.send_chat("hello from b".into()).await.expect("send b");
+    assert_eq!(next(&mut p.b_events, "message").await, LinkEvent::Message("hello from a".into()));
+    assert_eq!(next(&mut p.a_events, "message").await, LinkEvent::Message("hello from b".into()));
+
+    // Closing one side closes the channel on the other.
+    p.a.close(Some(DEADLINE)).await;
+    assert_eq!(next(&mut p.b_events, "channel closed").await, LinkEvent::ChannelClosed);
+    p.b.close(None).await;
+}
+
+#[tokio::test]
+async fn accepts_sdp_that_carries_all_candidates_without_trickle() {
+    let mut p = pair(Wire::NoTrickle).await;
+    p.a.offer().await;
+    expect_open(&mut p.a_events).await;
+    expect_open(&mut p.b_events).await;
+    p.b.send_chat("no trickle".into()).await.expect("send");
+    assert_eq!(next(&mut p.a_events, "message").await, LinkEvent::Message("no trickle".into()));
+    p.a.close(None).await;
+    p.b.close(None).await;
+}
+
+#[tokio::test]
+async fn glare_resolves_with_the_polite_side_yielding() {
+    let mut p = pair(Wire::Trickle).await;
+    // Both sides offer at once: b (impolite) keeps its offer, a (polite) rolls back.
+    tokio::join!(p.a.offer(), p.b.offer());
+    expect_open(&mut p.a_events).await;
+    expect_open(&mut p.b_events).await;
+    p.a.send_chat("after glare".into()).await.expect("send");
+    assert_eq!(next(&mut p.b_events, "message").await, LinkEvent::Message("after glare".into()));
+    p.a.close(None).await;
+    p.b.close(None).await;
+}
+
+#[tokio::test]
+async fn lines_over_the_limit_are_refused_locally_and_lines_at_it_arrive() {
+    let mut p = pair(Wire::Trickle).await;
+    p.a.offer().await;
+    expect_open(&mut p.a_events).await;
+    expect_open(&mut p.b_events).await;
+    let too_long = "x".repeat(MAX_CHAT_LINE_BYTES + 1);
+    assert!(matches!(p.a.send_chat(too_long).await, Err(LinkError::LineTooLong(_))));
+    let at_limit = "y".repeat(MAX_CHAT_LINE_BYTES);
+    p.a.send_chat(at_limit.clone()).await.expect("send");
+    assert_eq!(next(&mut p.b_events, "message").await, LinkEvent::Message(at_limit));
+    p.a.close(None).await;
+    p.b.close(None).await;
+}
+
+#[test]
+fn binary_oversized_and_invalid_utf8_chat_messages_are_ignored() {
+    assert_eq!(chat_line("r", true, BytesMut::from(&b"ok"[..])), Some("ok".to_string()));
+    assert_eq!(chat_line("r", false, BytesMut::from(&b"ok"[..])), None);
+    assert_eq!(chat_line("r", true, BytesMut::from(&[0xff, 0xfe][..])), None);
+    assert_eq!(chat_line("r", true, BytesMut::from(vec![b'a'; MAX_CHAT_LINE_BYTES + 1].as_slice())), None);
+}

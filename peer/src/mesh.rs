@@ -1,0 +1,310 @@
+//! The room as this peer sees it: one [`Link`] per remote peer, kept in step with the server's
+//! messages, and the chat behaviour of the command line (`--send`, `--echo`, `--expect`, stdin).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use protocol::{ErrorCode, MAX_CHAT_LINE_BYTES, PeerInfo};
+use tokio::sync::mpsc;
+
+use crate::link::{Link, LinkEvent, LinkOptions};
+use crate::output::Event;
+use crate::signaling::{Signaling, SignalingEvent};
+
+/// Link events queued for the mesh; links wait when it is full.
+pub const LINK_EVENT_QUEUE: usize = 1024;
+/// How long the lines sent so far may take to be acknowledged when exiting.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// How long `leave` may take when exiting.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// What the command line asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ChatOptions {
+    /// Sent, in order, on every `chat` channel once it opens.
+    pub send: Vec<String>,
+    /// Send every received line back to its sender.
+    pub echo: bool,
+    /// Done once this many lines have been received in total.
+    pub expect: Option<usize>,
+    /// Local addresses to bind for peer connections.
+    pub bind: Vec<String>,
+}
+
+/// Why the mesh stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `--expect` reached, end of stdin, or a shutdown signal: exit 0.
+    Done,
+    /// Signaling ended for good, or `--timeout`: exit 1.
+    Failed(String),
+}
+
+/// Inputs besides the server and the links.
+pub struct Inputs<S, T> {
+    /// Lines typed by the user; `None` at end of input.
+    pub lines: mpsc::Receiver<String>,
+    /// Resolves on Ctrl-C / SIGTERM.
+    pub shutdown: S,
+    /// Resolves when `--timeout` is reached.
+    pub timeout: T,
+}
+
+struct Mesh<'a> {
+    options: ChatOptions,
+    signaling: Signaling,
+    link_tx: mpsc::Sender<(String, LinkEvent)>,
+    links: HashMap<String, Link>,
+    /// Members of the room besides us, by id.
+    members: HashMap<String, String>,
+    self_id: Option<String>,
+    ice_servers: Vec<protocol::IceServer>,
+    received: usize,
+    emit: &'a mut dyn FnMut(Event),
+}
+
+/// Runs the mesh until it is done or fails, then closes every link (delivering what was sent)
+/// and leaves the room.
+pub async fn run<S, T>(
+    options: ChatOptions,
+    signaling: Signaling,
+    mut server_events: mpsc::Receiver<SignalingEvent>,
+    inputs: Inputs<S, T>,
+    emit: &mut dyn FnMut(Event),
+) -> Outcome
+where
+    S: Future<Output = ()>,
+    T: Future<Output = ()>,
+{
+    let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
+    let Inputs { mut lines, shutdown, timeout } = inputs;
+    tokio::pin!(shutdown);
+    tokio::pin!(timeout);
+    let mut mesh = Mesh {
+        options,
+        signaling,
+        link_tx,
+        links: HashMap::new(),
+        members: HashMap::new(),
+        self_id: None,
+        ice_servers: Vec::new(),
+        received: 0,
+        emit,
+    };
+    let mut stdin_open = true;
+    let outcome = loop {
+        tokio::select! {
+            event = server_events.recv() => match event {
+                Some(event) => if let Some(outcome) = mesh.on_server(event).await { break outcome },
+                None => break Outcome::Failed("signaling stopped".into()),
+            },
+            Some((remote, event)) = link_rx.recv() => {
+                if let Some(outcome) = mesh.on_link(remote, event).await { break outcome }
+            }
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) => mesh.on_line(line).await,
+                None => {
+                    stdin_open = false;
+                    if mesh.options.expect.is_none() { break Outcome::Done }
+                }
+            },
+            _ = &mut shutdown => break Outcome::Done,
+            _ = &mut timeout => break Outcome::Failed("timed out".into()),
+        }
+    };
+    if let Outcome::Failed(reason) = &outcome {
+        (mesh.emit)(Event::Error { message: reason.clone() });
+    }
+    mesh.finish().await;
+    outcome
+}
+
+impl Mesh<'_> {
+    async fn on_server(&mut self, event: SignalingEvent) -> Option<Outcome> {
+        match event {
+            SignalingEvent::Welcome(welcome) => {
+                let resumed = welcome.resumed && self.self_id.as_deref() == Some(welcome.id.as_str());
+                if resumed {
+                    // Keep every connection; drop only peers that left while we were away.
+                    let listed: Vec<&str> = welcome.peers.iter().map(|p| p.id.as_str()).collect();
+                    let gone: Vec<String> =
+                        self.members.keys().filter(|id| !listed.contains(&id.as_str())).cloned().collect();
+                    for id in gone {
+                        self.remove_peer(&id).await;
+                    }
+                } else if self.self_id.is_some() {
+                    // Refused resume (a server restart, or grace ran out): every old id is gone.
+                    tracing::info!("resume refused; rebuilding the mesh as a newcomer");
+                    let old: Vec<String> = self.members.keys().cloned().collect();
+                    for id in old {
+                        self.remove_peer(&id).await;
+                    }
+                }
+                self.ice_servers = welcome.ice_servers.clone();
+                self.self_id = Some(welcome.id.clone());
+                for p in &welcome.peers {
+                    self.members.insert(p.id.clone(), p.name.clone());
+                }
+                (self.emit)(Event::Welcome {
+                    id: welcome.id.clone(),
+                    room: welcome.room.clone(),
+                    peers: welcome.peers.clone(),
+                    resumed,
+                });
+                if !resumed {
+                    // The newcomer offers, and is polite, toward everyone already there.
+                    for PeerInfo { id, .. } in &welcome.peers {
+                        if let Some(link) = self.open_link(id, true).await {
+                            link.offer().await;
+                        }
+                    }
+                }
+            }
+            SignalingEvent::PeerJoined(peer) => {
+                self.members.insert(peer.id.clone(), peer.name.clone());
+                (self.emit)(Event::PeerJoined { id: peer.id.clone(), name: peer.name.clone() });
+                // Impolite toward a peer announced by `peer_joined`; it will offer.
+                self.open_link(&peer.id, false).await;
+            }
+            SignalingEvent::PeerLeft(id) => self.remove_peer(&id).await,
+            SignalingEvent::Signal { from, signal } => {
+                if !self.links.contains_key(&from) {
+                    // A member whose link failed and was closed offers again: a fresh link.
+                    if matches!(signal, protocol::Signal::Offer { .. }) && self.members.contains_key(&from) {
+                        self.open_link(&from, false).await;
+                    } else {
+                        tracing::debug!(peer = %from, "ignoring a signal from a peer without a link");
+                        return None;
+                    }
+                }
+                if let Some(link) = self.links.get(&from) {
+                    link.handle_signal(signal).await;
+                }
+            }
+            SignalingEvent::Error(e) => {
+                // A signal to a peer that just left is refused with unknown_peer: expected.
+                if e.code == ErrorCode::UnknownPeer {
+                    tracing::debug!("server: {} ({})", e.message, e.code);
+                } else {
+                    tracing::warn!("server refused a request: {} ({})", e.message, e.code);
+                }
+            }
+            SignalingEvent::Reconnecting { reason } => (self.emit)(Event::Reconnecting { reason }),
+            SignalingEvent::Fatal(reason) => return Some(Outcome::Failed(reason)),
+        }
+        None
+    }
+
+    async fn open_link(&mut self, id: &str, polite: bool) -> Option<&Link> {
+        if let Some(old) = self.links.remove(id) {
+            old.close(None).await;
+        }
+        let options = LinkOptions { bind: self.options.bind.clone(), ice_servers: self.ice_servers.clone() };
+        match Link::new(id.to_string(), polite, &options, self.link_tx.clone()).await {
+            Ok(link) => {
+                self.links.insert(id.to_string(), link);
+                self.links.get(id)
+            }
+            Err(e) => {
+                tracing::error!(peer = %id, "{e}");
+                (self.emit)(Event::Error { message: format!("cannot connect to {id}: {e}") });
+                None
+            }
+        }
+    }
+
+    /// The peer is gone: close its link (`channel_closed` if it was open) and say `peer_left`.
+    async fn remove_peer(&mut self, id: &str) {
+        self.close_link(id, None).await;
+        if self.members.remove(id).is_some() {
+            (self.emit)(Event::PeerLeft { id: id.to_string() });
+        }
+    }
+
+    async fn close_link(&mut self, id: &str, flush: Option<Duration>) {
+        if let Some(link) = self.links.remove(id) {
+            let was_open = link.chat_open();
+            link.close(flush).await;
+            if was_open {
+                (self.emit)(Event::ChannelClosed { peer: id.to_string() });
+            }
+        }
+    }
+
+    async fn on_link(&mut self, remote: String, event: LinkEvent) -> Option<Outcome> {
+        // Events of a link already closed (a stale task) are of no interest.
+        self.links.get(&remote)?;
+        match event {
+            LinkEvent::Signal(signal) => {
+                let id = self.self_id.clone().unwrap_or_default();
+                self.signaling.signal(&id, &remote, signal).await;
+            }
+            LinkEvent::ChannelOpen => {
+                (self.emit)(Event::ChannelOpen { peer: remote.clone() });
+                for text in self.options.send.clone() {
+                    self.send_to(&remote, text).await;
+                }
+            }
+            LinkEvent::Message(text) => {
+                self.received += 1;
+                (self.emit)(Event::Message { from: remote.clone(), text: text.clone() });
+                if self.options.echo {
+                    self.send_to(&remote, text).await;
+                }
+                if self.options.expect.is_some_and(|n| self.received >= n) {
+                    return Some(Outcome::Done);
+                }
+            }
+            LinkEvent::ChannelClosed => {
+                // The remote closed the connection; a `peer_left` usually follows.
+                if let Some(link) = self.links.remove(&remote) {
+                    link.close(None).await;
+                }
+                (self.emit)(Event::ChannelClosed { peer: remote });
+            }
+            LinkEvent::Failed(reason) => {
+                tracing::warn!(peer = %remote, "{reason}; closing the connection");
+                self.close_link(&remote, None).await;
+            }
+        }
+        None
+    }
+
+    async fn send_to(&self, remote: &str, text: String) {
+        if let Some(link) = self.links.get(remote)
+            && let Err(e) = link.send_chat(text).await
+        {
+            tracing::warn!(peer = %remote, "line not sent: {e}");
+        }
+    }
+
+    async fn on_line(&mut self, line: String) {
+        if line.len() > MAX_CHAT_LINE_BYTES {
+            let message = format!(
+                "line not sent: it is {} bytes, and a chat line is at most {MAX_CHAT_LINE_BYTES} bytes",
+                line.len()
+            );
+            tracing::warn!("{message}");
+            (self.emit)(Event::Error { message });
+            return;
+        }
+        let open: Vec<String> =
+            self.links.iter().filter(|(_, l)| l.chat_open()).map(|(id, _)| id.clone()).collect();
+        if open.is_empty() {
+            tracing::warn!("line not sent: no open chat channel yet");
+        }
+        for id in open {
+            self.send_to(&id, line.clone()).await;
+        }
+    }
+
+    /// Delivers what was sent on every link, closes them, and leaves.
+    async fn finish(&mut self) {
+        let links: Vec<Link> = self.links.drain().map(|(_, l)| l).collect();
+        futures_util::future::join_all(links.into_iter().map(|l| l.close(Some(FLUSH_DEADLINE)))).await;
+        tracing::debug!("links closed; leaving");
+        self.signaling.leave(LEAVE_DEADLINE).await;
+        tracing::debug!("left");
+    }
+}

@@ -1,0 +1,155 @@
+//! What the user sees on stdout: one line per [`Event`], human-readable or `--json`
+//! (INTERFACES.md). Logs go to stderr through `tracing`, never here.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use protocol::PeerInfo;
+use serde_json::json;
+
+/// Something worth telling the user.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Welcome {
+        id: String,
+        room: String,
+        peers: Vec<PeerInfo>,
+        resumed: bool,
+    },
+    PeerJoined {
+        id: String,
+        name: String,
+    },
+    ChannelOpen {
+        peer: String,
+    },
+    Message {
+        from: String,
+        text: String,
+    },
+    ChannelClosed {
+        peer: String,
+    },
+    PeerLeft {
+        id: String,
+    },
+    /// Signaling was lost; the data channels keep working while it reconnects.
+    Reconnecting {
+        reason: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Renders events to stdout.
+#[derive(Debug)]
+pub struct Output {
+    json: bool,
+    /// Display names by id, for human output.
+    names: HashMap<String, String>,
+}
+
+impl Output {
+    pub fn new(json: bool) -> Output {
+        Output { json, names: HashMap::new() }
+    }
+
+    /// Prints `event` as one line and flushes, so that a reader sees it at once.
+    pub fn emit(&mut self, event: &Event) {
+        let line = if self.json { Self::json_line(event) } else { self.human_line(event) };
+        let mut stdout = std::io::stdout().lock();
+        // A closed stdout (the reader went away) is no reason to stop chatting.
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    }
+
+    /// The `--json` line for `event`.
+    pub fn json_line(event: &Event) -> String {
+        let value = match event {
+            Event::Welcome { id, room, peers, resumed } => json!({
+                "event": "welcome", "id": id, "room": room, "peers": peers, "resumed": resumed,
+            }),
+            Event::PeerJoined { id, name } => json!({"event": "peer_joined", "id": id, "name": name}),
+            Event::ChannelOpen { peer } => json!({"event": "channel_open", "peer": peer}),
+            Event::Message { from, text } => json!({"event": "message", "from": from, "text": text}),
+            Event::ChannelClosed { peer } => json!({"event": "channel_closed", "peer": peer}),
+            Event::PeerLeft { id } => json!({"event": "peer_left", "id": id}),
+            Event::Reconnecting { reason } => json!({"event": "reconnecting", "reason": reason}),
+            Event::Error { message } => json!({"event": "error", "message": message}),
+        };
+        value.to_string()
+    }
+
+    fn who(&self, id: &str) -> String {
+        match self.names.get(id) {
+            Some(name) if name != id => format!("{name} ({id})"),
+            _ => id.to_string(),
+        }
+    }
+
+    fn human_line(&mut self, event: &Event) -> String {
+        match event {
+            Event::Welcome { id, room, peers, resumed } => {
+                for p in peers {
+                    self.names.insert(p.id.clone(), p.name.clone());
+                }
+                let verb = if *resumed { "back in" } else { "joined" };
+                let others: Vec<String> = peers.iter().map(|p| self.who(&p.id)).collect();
+                if others.is_empty() {
+                    format!("* {verb} room {room} as {id}; nobody else here yet")
+                } else {
+                    format!("* {verb} room {room} as {id}; here: {}", others.join(", "))
+                }
+            }
+            Event::PeerJoined { id, name } => {
+                self.names.insert(id.clone(), name.clone());
+                format!("* {} joined", self.who(id))
+            }
+            Event::ChannelOpen { peer } => format!("* connected to {}", self.who(peer)),
+            Event::Message { from, text } => {
+                let name = self.names.get(from).cloned().unwrap_or_else(|| from.clone());
+                format!("<{name}> {text}")
+            }
+            Event::ChannelClosed { peer } => format!("* connection to {} closed", self.who(peer)),
+            Event::PeerLeft { id } => {
+                let line = format!("* {} left", self.who(id));
+                self.names.remove(id);
+                line
+            }
+            Event::Reconnecting { reason } => format!("* signaling lost ({reason}); reconnecting..."),
+            Event::Error { message } => format!("! {message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_events_have_the_interface_shapes() {
+        let welcome = Event::Welcome {
+            id: "a".into(),
+            room: "lobby".into(),
+            peers: vec![PeerInfo { id: "b".into(), name: "bob".into() }],
+            resumed: false,
+        };
+        let v: serde_json::Value = serde_json::from_str(&Output::json_line(&welcome)).unwrap_or_default();
+        assert_eq!(
+            v,
+            json!({"event":"welcome","id":"a","room":"lobby","peers":[{"id":"b","name":"bob"}],"resumed":false})
+        );
+        let message = Event::Message { from: "b".into(), text: "hi \"there\"\n".into() };
+        let v: serde_json::Value = serde_json::from_str(&Output::json_line(&message)).unwrap_or_default();
+        assert_eq!(v, json!({"event":"message","from":"b","text":"hi \"there\"\n"}));
+    }
+
+    #[test]
+    fn human_lines_use_names() {
+        let mut out = Output::new(false);
+        out.human_line(&Event::PeerJoined { id: "b1".into(), name: "bob".into() });
+        assert_eq!(out.human_line(&Event::Message { from: "b1".into(), text: "hi".into() }), "<bob> hi");
+        assert_eq!(out.human_line(&Event::PeerLeft { id: "b1".into() }), "* bob (b1) left");
+    }
+}

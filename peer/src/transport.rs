@@ -1,0 +1,139 @@
+//! How every peer connection is built: settings measured for fast connects on loopback, the
+//! sockets to bind, and UDP socket buffers large enough for full-speed data channels.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::ice::mdns::MulticastDnsMode;
+use webrtc::peer_connection::{RTCIceServer, SettingEngine, SettingEngineBuilder};
+use webrtc::runtime::{
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime, TokioRuntime,
+};
+
+/// UDP socket buffer size. The kernel default (~208 KB) makes the receiver drop datagrams under
+/// load, which SCTP then retransmits: throughput falls to a fraction and becomes erratic.
+pub const UDP_BUFFER_BYTES: usize = 2 * 1024 * 1024;
+
+/// Outstanding bytes per data channel before `send` waits: bounds the memory a fast sender
+/// (a 10,000-line burst, or a file in issue 8) can pin while the receiver catches up.
+pub const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
+
+/// Local UDP addresses to bind when none are given. Loopback first, bound explicitly because
+/// webrtc-rs skips loopback when it expands a wildcard (and `include_loopback_candidate` is
+/// ignored in 0.21): peers on one machine, or in a namespace with only `lo`, connect over it.
+/// The wildcards add one socket per real interface, for peers on other machines.
+pub const DEFAULT_BIND: [&str; 4] = ["127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::]:0"];
+
+/// The settings every connection uses.
+///
+/// webrtc-rs 0.21 acts on several connect steps only at the ICE agent's next timer tick (200 ms
+/// by default): the first check after a remote candidate, the DTLS ClientHello, the SCTP INIT and
+/// the DCEP OPEN. A 10 ms tick (checks and keepalive) takes offer → open from ~600 ms to a few
+/// tens of ms on loopback; the number of checks is raised to keep the same 1.4 s budget.
+/// A peer-reflexive first pair is accepted at once instead of after 1 s. The cost is a STUN
+/// keepalive every 10 ms per connection, which is negligible for a chat mesh of a few peers.
+/// mDNS is off: nobody here resolves `.local` candidates, and with only `lo` it fails to bind.
+pub fn setting_engine() -> SettingEngine {
+    let tick = Some(Duration::from_millis(10));
+    SettingEngineBuilder::new()
+        .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+        .with_ice_connection_attempts(tick, Some(140))
+        .with_ice_timeouts(None, None, tick)
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .build()
+}
+
+/// `welcome.ice_servers`, as webrtc-rs wants them.
+pub fn ice_servers(servers: &[protocol::IceServer]) -> Vec<RTCIceServer> {
+    servers
+        .iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls.clone(),
+            username: s.username.clone().unwrap_or_default(),
+            credential: s.credential.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// The tokio runtime, except that every UDP socket gets [`UDP_BUFFER_BYTES`] of send and
+/// receive buffer before webrtc-rs starts using it.
+#[derive(Debug)]
+pub struct BigBufferRuntime(TokioRuntime);
+
+impl BigBufferRuntime {
+    pub fn shared() -> Arc<dyn Runtime> {
+        Arc::new(BigBufferRuntime(TokioRuntime))
+    }
+}
+
+impl Runtime for BigBufferRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        self.0.spawn(future)
+    }
+
+    fn spawn_reactor(
+        &self,
+        reactor_pool_size: usize,
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn JoinHandle> {
+        self.0.spawn_reactor(reactor_pool_size, future)
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
+        let sock = socket2::SockRef::from(&socket);
+        // Best effort: the kernel caps the sizes at net.core.[rw]mem_max, which is fine.
+        if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER_BYTES) {
+            tracing::debug!("cannot raise SO_RCVBUF: {e}");
+        }
+        if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER_BYTES) {
+            tracing::debug!("cannot raise SO_SNDBUF: {e}");
+        }
+        self.0.wrap_udp_socket(socket)
+    }
+
+    fn wrap_tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<Arc<dyn AsyncTcpListener>> {
+        self.0.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
+        self.0.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        self.0.resolve_host(host)
+    }
+
+    fn now(&self) -> Instant {
+        self.0.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.0.sleep(duration)
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
+        self.0.interval(period)
+    }
+
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        self.0.block_on(future)
+    }
+
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.0.yield_now()
+    }
+
+    fn name(&self) -> &'static str {
+        "tokio (2 MiB UDP buffers)"
+    }
+}
