@@ -81,10 +81,12 @@ where
 }
 
 fn network_interfaces() -> Vec<String> {
-    let entries =
-        std::fs::read_dir("/sys/class/net").unwrap_or_else(|e| panic!("cannot list /sys/class/net: {e}"));
+    // /proc/net/dev belongs to the reading process's network namespace; /sys/class/net shows the
+    // namespace that mounted sysfs (the host's, since `unshare --net` does not remount it).
+    let table =
+        std::fs::read_to_string("/proc/net/dev").unwrap_or_else(|e| panic!("cannot read /proc/net/dev: {e}"));
     let mut names: Vec<String> =
-        entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        table.lines().skip(2).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim().to_string()).collect();
     names.sort();
     names
 }
