@@ -19,6 +19,7 @@
 //! - [`Peer`] spawns the `peer` binary with `--json` and waits for its events.
 
 mod bins;
+pub mod browser;
 mod netns;
 mod peer;
 mod server;

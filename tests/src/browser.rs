@@ -1,0 +1,501 @@
+//! A real headless Chromium, driven over WebDriver, for the page's end-to-end tests.
+//!
+//! Each [`Browser`] is its own `chromedriver` (on a free loopback port) with one Chromium
+//! session in a fresh profile directory. It is driven with `fantoccini`, a WebDriver client:
+//! WebDriver is the W3C standard protocol, ChromeDriver ships with Debian's Chromium, and the
+//! same tests could drive another browser later; CDP would tie them to Chromium.
+//!
+//! Everything a test checks goes through the page's DOM contract (INTERFACES.md, "Page"):
+//! `data-self-id`, `data-peer-id` + `data-channel` + `data-connection`, `#message`/`#send`,
+//! `data-chat-from` + `[data-chat-text]`. A wait that runs out fails the test with what the page
+//! showed at that moment, the browser console, and a screenshot under `target/browser-failures/`.
+//!
+//! Chromium and ChromeDriver come from Debian's `chromium` and `chromium-driver` packages
+//! (`/usr/bin/chromium`, `/usr/bin/chromedriver`); `SWITCHBOARD_CHROMIUM` and
+//! `SWITCHBOARD_CHROMEDRIVER` point elsewhere. When they are missing the test fails and says so.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep};
+
+use crate::server::Server;
+
+/// How long a wait for something the page should show may take before the test fails. It is a
+/// deadline for "this never happens", not a performance threshold.
+pub const BROWSER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long chromedriver and Chromium may take to start.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(50);
+
+const CHROMIUM_ENV: &str = "SWITCHBOARD_CHROMIUM";
+const CHROMEDRIVER_ENV: &str = "SWITCHBOARD_CHROMEDRIVER";
+const INSTALL_HINT: &str = "install Debian's `chromium` and `chromium-driver` packages \
+     (`apt-get install -y chromium chromium-driver`; the README's test command does it)";
+
+/// Chromium flags for a headless run on a machine without a network, and for WebRTC on a
+/// loopback-only interface: without `--allow-loopback-in-peer-connection` Chromium never pairs
+/// 127.0.0.1 candidates, and without camera/microphone permission (`--use-fake-ui-for-media-stream`
+/// grants it) it hides local addresses and gathers no host candidates at all.
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--allow-loopback-in-peer-connection",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--enable-logging=stderr",
+    "--v=0",
+];
+
+/// The page's `web/` directory in this checkout: tests serve it with `--web-dir`, so that they
+/// test the files in the tree rather than whatever copy a server binary embedded.
+pub fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.join("web")).unwrap_or_else(|| "web".into())
+}
+
+/// Starts the server serving this checkout's `web/` (see [`web_dir`]), plus `extra_args`.
+pub async fn start_server_with_page(extra_args: &[&str]) -> Server {
+    let web = web_dir();
+    let web = web.to_str().unwrap_or_else(|| panic!("web dir {} is not UTF-8", web.display()));
+    let mut args = vec!["--web-dir", web];
+    args.extend_from_slice(extra_args);
+    Server::start(&args).await
+}
+
+/// A chat line as the page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChatLine {
+    /// `data-chat-from`: the sender's id.
+    pub from: String,
+    /// The `[data-chat-text]` element's textContent.
+    pub text: String,
+}
+
+/// A remote peer's entry in the page's peer list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PeerEntry {
+    /// `data-peer-id`
+    pub id: String,
+    /// `data-channel`: the `chat` channel's readyState.
+    pub channel: String,
+    /// `data-connection`: the RTCPeerConnection's connectionState.
+    pub connection: String,
+}
+
+/// One Chromium with its own chromedriver and profile. Close it with [`Browser::close`]; when
+/// dropped, chromedriver is killed (Chromium then goes with the test's PID namespace).
+pub struct Browser {
+    label: String,
+    client: Client,
+    driver: Child,
+    profile: PathBuf,
+    log: PathBuf,
+}
+
+impl std::fmt::Debug for Browser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Browser").field("label", &self.label).finish_non_exhaustive()
+    }
+}
+
+impl Browser {
+    /// Starts chromedriver and a headless Chromium with a desktop-sized window (1280×800).
+    /// Fails the test, saying why, when either cannot be started.
+    pub async fn start(label: &str) -> Browser {
+        Browser::start_sized(label, 1280, 800).await
+    }
+
+    /// [`Browser::start`] with another window size.
+    pub async fn start_sized(label: &str, width: u32, height: u32) -> Browser {
+        let chromium = program(CHROMIUM_ENV, "/usr/bin/chromium", "Chromium");
+        let chromedriver = program(CHROMEDRIVER_ENV, "/usr/bin/chromedriver", "ChromeDriver");
+
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let profile = std::env::temp_dir().join(format!("switchboard-chromium-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile)
+            .unwrap_or_else(|e| panic!("cannot create the Chromium profile dir {}: {e}", profile.display()));
+        let log = profile.with_extension("log");
+        let log_file = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("cannot create the browser log {}: {e}", log.display()));
+
+        let port = free_port();
+        let mut driver = Command::new(&chromedriver)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            // Chromium's own stderr, console messages included, goes to the log file.
+            .arg("--enable-chrome-logs")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({e}); {INSTALL_HINT}", chromedriver.display()));
+        wait_for_port(&mut driver, port, &chromedriver, &log).await;
+
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.push(format!("--window-size={width},{height}"));
+        let mut caps = serde_json::Map::new();
+        caps.insert("browserName".into(), json!("chrome"));
+        // The default strategy waits for every load event and stalls for seconds here; tests
+        // wait for what they need through the DOM instead.
+        caps.insert("pageLoadStrategy".into(), json!("none"));
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({ "binary": chromium.to_string_lossy(), "args": args }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let client = match tokio::time::timeout(
+            START_DEADLINE,
+            ClientBuilder::native().capabilities(caps).connect(&url),
+        )
+        .await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => panic!(
+                "chromedriver could not start Chromium ({}): {e}\n{}",
+                chromium.display(),
+                log_tail(&log, 40)
+            ),
+            Err(_) => panic!("Chromium did not start within {START_DEADLINE:?}\n{}", log_tail(&log, 40)),
+        };
+        Browser { label: label.to_string(), client, driver, profile, log }
+    }
+
+    /// The WebDriver client, for anything the helpers do not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Navigates to `url` (returns at once: the page loads in the background).
+    pub async fn open(&self, url: &str) {
+        if let Err(e) = self.client.goto(url).await {
+            self.fail(&format!("cannot open {url}: {e}")).await;
+        }
+    }
+
+    /// Opens `/?room=ROOM&name=NAME` on `server` and waits for the page's `welcome`; returns
+    /// its own id (`data-self-id`).
+    pub async fn join(&self, server: &Server, room: &str, name: &str) -> String {
+        self.open(&format!("{}/?room={room}&name={name}", server.http_url())).await;
+        self.self_id().await
+    }
+
+    /// Opens `/` and joins through the form (`#room`, `#name`, `#join`), as a person would;
+    /// returns its own id.
+    pub async fn join_with_form(&self, server: &Server, room: &str, name: &str) -> String {
+        self.open(&format!("{}/", server.http_url())).await;
+        self.type_into("#room", room).await;
+        self.type_into("#name", name).await;
+        self.click("#join").await;
+        self.self_id().await
+    }
+
+    /// Waits for `data-self-id` and returns it.
+    pub async fn self_id(&self) -> String {
+        let v = self
+            .wait_until(
+                "own id (data-self-id)",
+                "const e = document.querySelector('[data-self-id]'); return e && e.dataset.selfId;",
+            )
+            .await;
+        v.as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until the peer `id` is listed with its `chat` channel open and its connection
+    /// `connected`.
+    pub async fn wait_connected(&self, id: &str) {
+        self.wait_for_css(
+            &format!("peer {id} with an open chat channel"),
+            &format!(r#"[data-peer-id="{id}"][data-channel="open"][data-connection="connected"]"#),
+        )
+        .await;
+    }
+
+    /// Waits until the peer `id` is no longer listed (or shows `data-connection="closed"`).
+    pub async fn wait_peer_gone(&self, id: &str) {
+        let script = format!(
+            r#"const e = document.querySelector('[data-peer-id="{id}"]');
+               return !e || e.dataset.connection === 'closed';"#
+        );
+        self.wait_until(&format!("peer {id} gone from the list"), &script).await;
+    }
+
+    /// Types `text` into `#message` and clicks `#send`.
+    pub async fn send_line(&self, text: &str) {
+        self.type_into("#message", text).await;
+        self.click("#send").await;
+        self.wait_input_cleared().await;
+    }
+
+    /// Types `text` into `#message` and presses Enter.
+    pub async fn send_line_with_enter(&self, text: &str) {
+        self.type_into("#message", &format!("{text}\u{E007}")).await;
+        self.wait_input_cleared().await;
+    }
+
+    async fn wait_input_cleared(&self) {
+        // The page empties the input once the line went out; "not sent" notices leave it.
+        self.wait_until(
+            "#message emptied after sending",
+            "return document.querySelector('#message').value === '';",
+        )
+        .await;
+    }
+
+    /// Every chat line shown, in order.
+    pub async fn chat_lines(&self) -> Vec<ChatLine> {
+        let v = self
+            .eval(
+                r#"return [...document.querySelectorAll('[data-chat-from]')].map(e => ({
+                     from: e.dataset.chatFrom,
+                     text: e.querySelector('[data-chat-text]').textContent }));"#,
+            )
+            .await;
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{}: odd chat lines: {e}", self.label))
+    }
+
+    /// Waits until a chat line `text` from `from` is shown.
+    pub async fn wait_line(&self, from: &str, text: &str) {
+        let script = format!(
+            r#"const from = {from}, text = {text};
+               return [...document.querySelectorAll('[data-chat-from]')].some(e =>
+                 e.dataset.chatFrom === from && e.querySelector('[data-chat-text]').textContent === text);"#,
+            from = json!(from),
+            text = json!(text),
+        );
+        self.wait_until(&format!("chat line {text:?} from {from}"), &script).await;
+    }
+
+    /// The remote peers listed, with their states.
+    pub async fn peers(&self) -> Vec<PeerEntry> {
+        let v = self
+            .eval(
+                r#"return [...document.querySelectorAll('[data-peer-id]')].map(e => ({
+                     id: e.dataset.peerId, channel: e.dataset.channel || '',
+                     connection: e.dataset.connection || '' }));"#,
+            )
+            .await;
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("{}: odd peer list: {e}", self.label))
+    }
+
+    /// Waits for an element matching `css`.
+    pub async fn wait_for_css(&self, what: &str, css: &str) {
+        let script = format!("return document.querySelector({}) !== null;", json!(css));
+        self.wait_until(what, &script).await;
+    }
+
+    /// Waits until `script` (a function body) returns something truthy, and returns it. Fails
+    /// the test after [`BROWSER_DEADLINE`] with what the page shows.
+    pub async fn wait_until(&self, what: &str, script: &str) -> Value {
+        let give_up = Instant::now() + BROWSER_DEADLINE;
+        let mut last_error = String::new();
+        loop {
+            match self.client.execute(script, vec![]).await {
+                Ok(v) if truthy(&v) => return v,
+                Ok(_) => {}
+                // The page may still be loading (pageLoadStrategy "none"): keep trying.
+                Err(e) => last_error = e.to_string(),
+            }
+            if Instant::now() >= give_up {
+                let extra = if last_error.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (last error: {last_error})")
+                };
+                self.fail(&format!("waited {BROWSER_DEADLINE:?} for {what}{extra}")).await;
+            }
+            sleep(POLL).await;
+        }
+    }
+
+    /// Runs `script` (a function body) in the page and returns its result.
+    pub async fn eval(&self, script: &str) -> Value {
+        match self.client.execute(script, vec![]).await {
+            Ok(v) => v,
+            Err(e) => self.fail(&format!("script failed: {e}\n{script}")).await,
+        }
+    }
+
+    /// Clicks the element `css` (waiting for it first).
+    pub async fn click(&self, css: &str) {
+        self.wait_for_css(css, css).await;
+        let result = async { self.client.find(Locator::Css(css)).await?.click().await }.await;
+        if let Err(e) = result {
+            self.fail(&format!("cannot click {css}: {e}")).await;
+        }
+    }
+
+    /// Types `text` into the element `css` (waiting for it first), as keystrokes.
+    pub async fn type_into(&self, css: &str, text: &str) {
+        self.wait_for_css(css, css).await;
+        let result = async { self.client.find(Locator::Css(css)).await?.send_keys(text).await }.await;
+        if let Err(e) = result {
+            self.fail(&format!("cannot type into {css}: {e}")).await;
+        }
+    }
+
+    /// Resizes the window (e.g. 390×844 for a phone).
+    pub async fn set_window_size(&self, width: u32, height: u32) {
+        if let Err(e) = self.client.set_window_size(width, height).await {
+            self.fail(&format!("cannot resize the window: {e}")).await;
+        }
+    }
+
+    /// Writes a PNG screenshot of the viewport to `path` (creating its directory).
+    pub async fn screenshot(&self, path: &Path) {
+        let png = match self.client.screenshot().await {
+            Ok(png) => png,
+            Err(e) => self.fail(&format!("cannot take a screenshot: {e}")).await,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::write(path, png).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
+    /// Lines the page wrote to the browser console so far.
+    pub fn console(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("CONSOLE"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Ends the WebDriver session (closing Chromium) and chromedriver.
+    pub async fn close(mut self) {
+        let client = self.client.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
+        let _ = self.driver.start_kill();
+        let _ = self.driver.wait().await;
+    }
+
+    /// Fails the test with `why`, what the page shows, its console, and a screenshot.
+    async fn fail(&self, why: &str) -> ! {
+        let mut report = String::new();
+        let _ = writeln!(report, "browser {}: {why}", self.label);
+        match self.client.execute(DESCRIBE_PAGE, vec![]).await {
+            Ok(state) => {
+                let pretty = serde_json::to_string_pretty(&state).unwrap_or_default();
+                let _ = writeln!(report, "the page shows:\n{pretty}");
+            }
+            Err(e) => {
+                let _ = writeln!(report, "(cannot read the page: {e})");
+            }
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-failures");
+        let shot = dir.join(format!("{}-{}.png", std::process::id(), self.label));
+        if let Ok(png) = self.client.screenshot().await {
+            let _ = std::fs::create_dir_all(&dir);
+            if std::fs::write(&shot, png).is_ok() {
+                let _ = writeln!(report, "screenshot: {}", shot.display());
+            }
+        }
+        let _ = writeln!(report, "{}", log_tail(&self.log, 60));
+        panic!("{report}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.start_kill();
+        let _ = std::fs::remove_dir_all(&self.profile);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// What [`Browser`] reports about the page when a wait fails.
+const DESCRIBE_PAGE: &str = r#"
+const q = (s) => document.querySelector(s);
+return {
+  url: location.href,
+  self_id: q('[data-self-id]')?.dataset.selfId ?? null,
+  status: q('#status')?.textContent ?? null,
+  banner: q('#banner') && !q('#banner').hidden ? q('#banner').textContent : null,
+  join_error: q('#join-error') && !q('#join-error').hidden ? q('#join-error').textContent : null,
+  peers: [...document.querySelectorAll('[data-peer-id]')].map(e =>
+    `${e.dataset.peerId} channel=${e.dataset.channel} connection=${e.dataset.connection}`),
+  log: [...document.querySelectorAll('#log > li')].map(e =>
+    e.dataset.chatFrom ? `${e.dataset.chatFrom}: ${e.querySelector('[data-chat-text]').textContent}` : `-- ${e.textContent}`),
+};
+"#;
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+fn program(env: &str, default: &str, what: &str) -> PathBuf {
+    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
+    if !path.exists() {
+        panic!("{what} not found at {} (set {env} to use another); {INSTALL_HINT}", path.display());
+    }
+    path
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port for chromedriver: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("no local address: {e}"))
+}
+
+async fn wait_for_port(driver: &mut Child, port: u16, path: &Path, log: &Path) {
+    let give_up = Instant::now() + START_DEADLINE;
+    loop {
+        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = driver.try_wait() {
+            panic!("{} exited at start ({status})\n{}", path.display(), log_tail(log, 40));
+        }
+        if Instant::now() >= give_up {
+            panic!(
+                "{} did not listen on port {port} within {START_DEADLINE:?}\n{}",
+                path.display(),
+                log_tail(log, 40)
+            );
+        }
+        sleep(POLL).await;
+    }
+}
+
+/// The last `n` lines of the chromedriver/Chromium log, console messages first.
+fn log_tail(log: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let console: Vec<&str> = text.lines().filter(|l| l.contains("CONSOLE")).collect();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = String::new();
+    let _ = writeln!(out, "browser console ({} lines):", console.len());
+    for l in console.iter().skip(console.len().saturating_sub(n)) {
+        let _ = writeln!(out, "  {l}");
+    }
+    let _ = writeln!(out, "chromedriver/Chromium log, last lines ({}):", log.display());
+    for l in lines.iter().skip(lines.len().saturating_sub(n)) {
+        let _ = writeln!(out, "  {l}");
+    }
+    out
+}

@@ -1,0 +1,232 @@
+//! The page in a real headless Chromium, talking to other browsers and to the Rust `peer`
+//! through the real server, each test inside its own loopback-only network namespace.
+//!
+//! Everything is asserted through the page's DOM contract (INTERFACES.md, "Page") and the
+//! peer's `--json` events. These tests need Debian's `chromium` and `chromium-driver`; without
+//! them they fail and say so.
+
+use std::path::Path;
+use std::time::Instant;
+
+use tests::browser::{Browser, start_server_with_page};
+use tests::{Peer, isolated};
+
+/// Browser first, Rust peer second: the Rust peer is the newcomer and makes the offer.
+#[test]
+fn browser_then_rust_peer_exchange_lines() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "r1", "ana").await;
+
+        let mut rusty =
+            Peer::spawn(&server, &["--room", "r1", "--name", "rusty", "--send", "hello from rust"]).await;
+        let rusty_id = rusty.joined().await;
+        rusty.wait_for("channel_open to ana", |e| e["event"] == "channel_open" && e["peer"] == ana_id).await;
+        ana.wait_connected(&rusty_id).await;
+
+        ana.wait_line(&rusty_id, "hello from rust").await;
+        ana.send_line("hello from the browser").await;
+        rusty.wait_message(&ana_id, "hello from the browser").await;
+        // The page shows its own line too, under its own id.
+        ana.wait_line(&ana_id, "hello from the browser").await;
+        ana.close().await;
+    });
+}
+
+/// Rust peer first, browser second: the page is the newcomer and makes the offer.
+#[test]
+fn rust_peer_then_browser_exchange_lines() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let mut rusty =
+            Peer::spawn(&server, &["--room", "r2", "--name", "rusty", "--send", "hi browser"]).await;
+        let rusty_id = rusty.joined().await;
+
+        let ana = Browser::start("ana").await;
+        let started = Instant::now();
+        let ana_id = ana.join(&server, "r2", "ana").await;
+        ana.wait_connected(&rusty_id).await;
+        // A figure for the report, not a threshold.
+        eprintln!("measured: browser join -> chat open with a Rust peer in {:?}", started.elapsed());
+        rusty.wait_for("channel_open to ana", |e| e["event"] == "channel_open" && e["peer"] == ana_id).await;
+
+        ana.wait_line(&rusty_id, "hi browser").await;
+        ana.send_line_with_enter("hi rust, sent with Enter").await;
+        rusty.wait_message(&ana_id, "hi rust, sent with Enter").await;
+        ana.close().await;
+    });
+}
+
+/// Two browsers: one joins through the URL, the other through the form.
+#[test]
+fn two_browsers_exchange_lines() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let ana = Browser::start("ana").await;
+        let bo = Browser::start("bo").await;
+        let ana_id = ana.join(&server, "r3", "ana").await;
+        let bo_id = bo.join_with_form(&server, "r3", "bo").await;
+        assert_ne!(ana_id, bo_id);
+
+        ana.wait_connected(&bo_id).await;
+        bo.wait_connected(&ana_id).await;
+
+        ana.send_line("hi bo").await;
+        bo.wait_line(&ana_id, "hi bo").await;
+        bo.send_line_with_enter("hi ana — ünïcödé ok").await;
+        ana.wait_line(&bo_id, "hi ana — ünïcödé ok").await;
+
+        // Each side shows both lines, in the order they happened.
+        let expected =
+            vec![(ana_id.clone(), "hi bo".to_string()), (bo_id.clone(), "hi ana — ünïcödé ok".to_string())];
+        for browser in [&ana, &bo] {
+            let lines: Vec<(String, String)> =
+                browser.chat_lines().await.into_iter().map(|l| (l.from, l.text)).collect();
+            assert_eq!(lines, expected);
+        }
+        ana.close().await;
+        bo.close().await;
+    });
+}
+
+/// Two browsers and a Rust peer: everyone gets the other two's lines. Also takes the
+/// screenshot of the page that the README shows (see `screenshot_target`).
+#[test]
+fn three_way_mesh_of_two_browsers_and_a_rust_peer() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "mesh", "Ana").await;
+        let mut rusty = Peer::spawn(
+            &server,
+            &["--room", "mesh", "--name", "rusty", "--send", "Hello from the Rust peer 🦀"],
+        )
+        .await;
+        let rusty_id = rusty.joined().await;
+        let bo = Browser::start("bo").await;
+        let bo_id = bo.join(&server, "mesh", "Bo").await;
+
+        ana.wait_connected(&rusty_id).await;
+        ana.wait_connected(&bo_id).await;
+        bo.wait_connected(&ana_id).await;
+        bo.wait_connected(&rusty_id).await;
+        for id in [&ana_id, &bo_id] {
+            rusty.wait_for("channel_open", |e| e["event"] == "channel_open" && e["peer"] == **id).await;
+        }
+
+        ana.send_line("Hi both! This line went browser → browser and browser → Rust.").await;
+        bo.send_line("Hello Ana, hello rusty. Stats on the left are live.").await;
+
+        // Every participant gets the other two's lines.
+        ana.wait_line(&rusty_id, "Hello from the Rust peer 🦀").await;
+        ana.wait_line(&bo_id, "Hello Ana, hello rusty. Stats on the left are live.").await;
+        bo.wait_line(&rusty_id, "Hello from the Rust peer 🦀").await;
+        bo.wait_line(&ana_id, "Hi both! This line went browser → browser and browser → Rust.").await;
+        rusty.wait_message(&ana_id, "Hi both! This line went browser → browser and browser → Rust.").await;
+        rusty.wait_message(&bo_id, "Hello Ana, hello rusty. Stats on the left are live.").await;
+
+        rusty.send_line("typed on the Rust peer's stdin").await;
+        ana.wait_line(&rusty_id, "typed on the Rust peer's stdin").await;
+        bo.wait_line(&rusty_id, "typed on the Rust peer's stdin").await;
+
+        // Wait for live stats (a round-trip time) for both peers before the screenshot.
+        ana.wait_until(
+            "round-trip times in the peer list",
+            r#"const rtts = [...document.querySelectorAll('[data-peer-id] [data-stat="rtt"]')];
+               return rtts.length === 2 && rtts.every(e => e.textContent.endsWith('ms'));"#,
+        )
+        .await;
+        let (desktop, phone) = screenshot_targets();
+        ana.screenshot(&desktop).await;
+        ana.set_window_size(390, 844).await;
+        ana.screenshot(&phone).await;
+        eprintln!("screenshots: {} and {}", desktop.display(), phone.display());
+
+        bo.close().await;
+        ana.close().await;
+    });
+}
+
+/// Leaving (the Leave button, or closing the tab) removes you from everyone's list at once,
+/// not after the resume grace period, which is long here so that only `leave` can explain it.
+#[test]
+fn a_browser_that_leaves_disappears_from_the_others() {
+    isolated(|| async {
+        let server = start_server_with_page(&["--resume-grace", "5m"]).await;
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "bye", "ana").await;
+        let bo = Browser::start("bo").await;
+        let bo_id = bo.join(&server, "bye", "bo").await;
+        let mut rusty = Peer::spawn(&server, &["--room", "bye", "--name", "rusty"]).await;
+        let rusty_id = rusty.joined().await;
+        ana.wait_connected(&bo_id).await;
+        ana.wait_connected(&rusty_id).await;
+        bo.wait_connected(&rusty_id).await;
+
+        // Bo clicks Leave: gone from Ana's list and from the Rust peer's view.
+        bo.click("#leave").await;
+        ana.wait_peer_gone(&bo_id).await;
+        rusty.wait_for("peer_left for bo", |e| e["event"] == "peer_left" && e["id"] == bo_id).await;
+        // Bo is back at the form, with the room filled in.
+        bo.wait_for_css("the join form", "#join-view:not([hidden]) #room").await;
+        assert!(bo.peers().await.is_empty(), "bo still lists peers after leaving");
+
+        // Ana closes the tab (navigates away): the Rust peer sees her leave.
+        ana.open("about:blank").await;
+        rusty.wait_for("peer_left for ana", |e| e["event"] == "peer_left" && e["id"] == ana_id).await;
+
+        ana.close().await;
+        bo.close().await;
+    });
+}
+
+/// Markup in chat lines and names is shown as text, never interpreted.
+#[test]
+fn html_in_lines_and_names_is_shown_literally() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "xss", "ana").await;
+        let evil_name = "<img src=x onerror=window.pwned=1>";
+        let bo = Browser::start("bo").await;
+        let bo_id = bo.join(&server, "xss", "%3Cimg%20src%3Dx%20onerror%3Dwindow.pwned%3D1%3E").await;
+        ana.wait_connected(&bo_id).await;
+
+        let line = "<script>window.pwned=2</script><b>not bold</b> & &amp;";
+        bo.send_line(line).await;
+        ana.wait_line(&bo_id, line).await;
+
+        let check = ana
+            .eval(
+                r#"return {
+                     pwned: window.pwned ?? null,
+                     markup: document.querySelectorAll('#log script, #log b, #peers img').length,
+                     names: [...document.querySelectorAll('[data-peer-id] .peer-name')].map(e => e.textContent),
+                   };"#,
+            )
+            .await;
+        assert_eq!(check["pwned"], serde_json::Value::Null, "a line or name ran as script: {check}");
+        assert_eq!(check["markup"], 0, "markup from a peer became elements: {check}");
+        assert!(
+            check["names"].as_array().is_some_and(|n| n.iter().any(|n| n == evil_name)),
+            "the name is not shown literally: {check}"
+        );
+        assert_eq!(ana_id, ana.self_id().await);
+        ana.close().await;
+        bo.close().await;
+    });
+}
+
+/// Where the mesh test writes its screenshots: `target/screenshots/`, and with
+/// `SWITCHBOARD_UPDATE_SCREENSHOT=1` the README's `docs/screenshot.png` instead (so that an
+/// ordinary test run leaves the tree clean).
+fn screenshot_targets() -> (std::path::PathBuf, std::path::PathBuf) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if std::env::var_os("SWITCHBOARD_UPDATE_SCREENSHOT").is_some() {
+        (root.join("docs/screenshot.png"), root.join("docs/screenshot-phone.png"))
+    } else {
+        let dir = root.join("target/screenshots");
+        (dir.join("mesh.png"), dir.join("mesh-phone.png"))
+    }
+}
