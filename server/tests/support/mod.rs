@@ -22,6 +22,11 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_scheme(args, "http")
+    }
+
+    /// Starts the server and checks that it announces `scheme` (`https` when serving TLS).
+    pub fn start_with_scheme(args: &[&str], scheme: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
@@ -35,10 +40,14 @@ impl ServerProcess {
         BufReader::new(stdout).read_line(&mut line).expect("server prints its address");
         let addr = line
             .trim()
-            .strip_prefix("listening on http://")
+            .strip_prefix(&format!("listening on {scheme}://"))
             .unwrap_or_else(|| panic!("unexpected first stdout line {line:?}"))
             .to_owned();
         Self { child, addr }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("addr has a port")
     }
 
     pub fn ws_url(&self) -> String {

@@ -1,0 +1,252 @@
+//! What the server does with hostile or broken clients: malformed WebSocket framing, foreign
+//! Origins, connection caps, room tokens, and TLS.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use serde_json::json;
+use support::{Client, Ended, ServerProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Opens a WebSocket by hand (so that the test can then write frames no library would), from
+/// `local_ip`, with extra request headers. Returns the HTTP status and, on 101, the stream.
+async fn raw_upgrade(addr: &str, local_ip: [u8; 4], headers: &[(&str, &str)]) -> (u16, TcpStream) {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind((local_ip, 0).into()).expect("bind a loopback source address");
+    let mut stream = socket.connect(addr.parse().expect("addr")).await.expect("connect");
+    let mut request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("request written");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.expect("read") == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, stream)
+}
+
+/// A client frame: FIN set, `opcode`, masked or not.
+fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut bytes = vec![0x80 | opcode, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+    if masked {
+        bytes.extend(mask);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        bytes.extend(payload);
+    }
+    bytes
+}
+
+/// Reads server frames until a close frame, and returns its code.
+async fn close_code(stream: &mut TcpStream) -> Option<u16> {
+    let read = async {
+        loop {
+            let mut header = [0u8; 2];
+            stream.read_exact(&mut header).await.ok()?;
+            let len = match header[1] & 0x7f {
+                126 => {
+                    let mut ext = [0u8; 2];
+                    stream.read_exact(&mut ext).await.ok()?;
+                    u16::from_be_bytes(ext) as usize
+                }
+                127 => panic!("no huge frames expected"),
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.ok()?;
+            if header[0] & 0x0f == 8 {
+                return Some(u16::from_be_bytes([payload[0], payload[1]]));
+            }
+        }
+    };
+    tokio::time::timeout(support::WAIT, read).await.expect("server closes in time")
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_a_text_frame_is_closed_with_1007() {
+    let server = ServerProcess::start(&[]);
+    let (status, mut stream) = raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await;
+    assert_eq!(status, 101);
+    stream.write_all(&frame(1, &[0xff, 0xfe, 0xfd], true)).await.expect("written");
+    assert_eq!(close_code(&mut stream).await, Some(1007));
+}
+
+#[tokio::test]
+async fn an_unmasked_client_frame_is_closed_with_1002() {
+    let server = ServerProcess::start(&[]);
+    let (status, mut stream) = raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await;
+    assert_eq!(status, 101);
+    stream.write_all(&frame(1, br#"{"type":"leave"}"#, false)).await.expect("written");
+    assert_eq!(close_code(&mut stream).await, Some(1002));
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_before_the_upgrade() {
+    let server = ServerProcess::start(&["--allowed-origin", "https://app.example.org"]);
+    let own = format!("http://{}", server.addr);
+    let cases = [
+        (Some("http://evil.example"), 403),
+        (Some("null"), 403),
+        (Some(own.as_str()), 101),
+        (Some("https://app.example.org"), 101),
+        (None, 101),
+    ];
+    for (origin, expected) in cases {
+        let headers: Vec<(&str, &str)> = origin.iter().map(|o| ("Origin", *o)).collect();
+        let (status, _stream) = raw_upgrade(&server.addr, [127, 0, 0, 1], &headers).await;
+        assert_eq!(status, expected, "Origin {origin:?}");
+    }
+    assert_eq!(server.metric("switchboard_connections").await, 0.0, "refused upgrades hold nothing");
+}
+
+#[tokio::test]
+async fn connection_caps_answer_429_per_ip_and_503_in_total() {
+    let server = ServerProcess::start(&["--max-connections", "3", "--max-connections-per-ip", "2"]);
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (status, stream) = raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await;
+        assert_eq!(status, 101);
+        open.push(stream);
+    }
+    assert_eq!(raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await.0, 429, "third from one IP");
+    let (status, stream) = raw_upgrade(&server.addr, [127, 0, 0, 2], &[]).await;
+    assert_eq!(status, 101, "another IP still gets in");
+    open.push(stream);
+    assert_eq!(raw_upgrade(&server.addr, [127, 0, 0, 3], &[]).await.0, 503, "fourth in total");
+    open.clear();
+    server.wait_for_metric("switchboard_connections", 0.0).await;
+    assert_eq!(raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await.0, 101, "room again once they closed");
+}
+
+fn mint(secret: &str, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_server"))
+        .arg("token")
+        .args(args)
+        .env("SWITCHBOARD_TOKEN_SECRET", secret)
+        .output()
+        .expect("server token runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8").lines().last().expect("a token line").to_owned()
+}
+
+async fn join_with_token(server: &ServerProcess, room: &str, name: &str, token: &str) -> Client {
+    let mut client = server.connect().await;
+    client.send(json!({"type": "join", "room": room, "name": name, "token": token})).await;
+    client
+}
+
+async fn expect_unauthorized(mut client: Client) {
+    let (messages, ended) = client.until_closed().await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["code"], "unauthorized");
+    assert_eq!(ended, Ended::Closed(Some(1008)));
+}
+
+#[tokio::test]
+async fn room_tokens_admit_their_room_only() {
+    let server = ServerProcess::start(&["--token-secret", "s3cret"]);
+    let valid = mint("s3cret", &["--room", "lobby", "--ttl", "1h"]);
+    let mut ana = join_with_token(&server, "lobby", "ana", &valid).await;
+    let welcome = ana.expect_type("welcome").await;
+
+    expect_unauthorized(join_with_token(&server, "other", "x", &valid).await).await;
+    let expired = mint("s3cret", &["--room", "lobby", "--ttl", "0s"]);
+    expect_unauthorized(join_with_token(&server, "lobby", "x", &expired).await).await;
+    let foreign = mint("another-secret", &["--room", "lobby", "--ttl", "1h"]);
+    expect_unauthorized(join_with_token(&server, "lobby", "x", &foreign).await).await;
+    let mut tampered = valid.clone();
+    let last = tampered.pop().expect("non-empty");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    expect_unauthorized(join_with_token(&server, "lobby", "x", &tampered).await).await;
+    let mut without = server.connect().await;
+    without.send(json!({"type": "join", "room": "lobby"})).await;
+    expect_unauthorized(without).await;
+
+    let bound = mint("s3cret", &["--room", "lobby", "--ttl", "1h", "--name", "bob"]);
+    expect_unauthorized(join_with_token(&server, "lobby", "mallory", &bound).await).await;
+    let mut bob = join_with_token(&server, "lobby", "bob", &bound).await;
+    bob.expect_type("welcome").await;
+
+    // A resume within grace needs no room token.
+    drop(ana);
+    server.wait_for_metric("switchboard_connections", 1.0).await;
+    let mut back = server.connect().await;
+    back.send(json!({"type": "join", "room": "lobby", "resume": welcome["resume_token"]})).await;
+    let resumed = back.expect_type("welcome").await;
+    assert_eq!((resumed["id"].clone(), resumed["resumed"].clone()), (welcome["id"].clone(), json!(true)));
+}
+
+#[test]
+fn minting_a_token_without_a_secret_exits_2() {
+    let output = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["token", "--room", "lobby", "--ttl", "1h"])
+        .env_remove("SWITCHBOARD_TOKEN_SECRET")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("secret"));
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    for args in [&["--room-size", "many"][..], &["--ping-interval", "soon"], &["--no-such-flag"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_server")).args(args).output().expect("runs");
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!output.stderr.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn tls_serves_https_and_wss() {
+    let dir = std::env::temp_dir().join(format!("switchboard-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("self-signed cert");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, certified.cert.pem()).expect("cert written");
+    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("key written");
+
+    let server = ServerProcess::start_with_scheme(
+        &["--tls-cert", cert_path.to_str().expect("utf-8"), "--tls-key", key_path.to_str().expect("utf-8")],
+        "https",
+    );
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("our cert is a valid root");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(&server.addr).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls =
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", server.port()), tls)
+        .await
+        .expect("wss upgrade");
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text(r#"{"type":"join","room":"secure"}"#))
+        .await
+        .expect("sent");
+    let reply =
+        tokio::time::timeout(support::WAIT, ws.next()).await.expect("in time").expect("a frame").expect("ok");
+    let reply: serde_json::Value = serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
+    assert_eq!(reply["type"], "welcome");
+    let _ = std::fs::remove_dir_all(dir);
+}
