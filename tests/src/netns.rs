@@ -1,7 +1,8 @@
 //! Running one test inside a loopback-only network namespace.
 //!
 //! The test process re-executes itself for just that test under
-//! `unshare --net --pid --fork --kill-child`, with `lo` brought up and nothing else. Inside, the
+//! `unshare --net --mount --pid --fork --kill-child`, with `lo` brought up and nothing else
+//! (and sysfs remounted, so that `/sys/class/net` lists the namespace's own interfaces). Inside, the
 //! body runs on a tokio runtime. The PID namespace makes cleanup certain: when the inner test
 //! process ends (or the outer one kills it), the kernel kills every server and peer it spawned.
 
@@ -110,8 +111,9 @@ fn run_outside(limit: Duration) {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("cannot locate the test executable: {e}"));
 
     let mut child = Command::new("unshare")
-        .args(["--net", "--pid", "--fork", "--kill-child", "--", "sh", "-c"])
-        .arg(r#"ip link set lo up && exec "$0" "$@""#)
+        .args(["--net", "--mount", "--pid", "--fork", "--kill-child", "--", "sh", "-c"])
+        // A private mount namespace so that a fresh sysfs shows this namespace's interfaces.
+        .arg(r#"mount -t sysfs sysfs /sys && ip link set lo up && exec "$0" "$@""#)
         .arg(&exe)
         .args([test_name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(INSIDE_ENV, "1")
