@@ -410,6 +410,51 @@ impl Rooms {
         self.settle(now);
     }
 
+    /// Checks that the indexes agree with each other. For tests and fuzzing: the rules above
+    /// keep these true, and this says which one broke if they ever do not.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut in_rooms = 0;
+        for (name, room) in &self.rooms {
+            if room.members.is_empty() {
+                return Err(format!("room {name} exists with no members"));
+            }
+            for id in &room.members {
+                in_rooms += 1;
+                match self.members.get(id) {
+                    Some(member) if member.room == *name => {}
+                    _ => return Err(format!("room {name} lists {id}, who is not a member of it")),
+                }
+            }
+        }
+        if in_rooms != self.members.len() {
+            return Err(format!("{} members but {in_rooms} places in rooms", self.members.len()));
+        }
+        for (id, member) in &self.members {
+            if self.resume_tokens.get(&member.resume_token) != Some(id) {
+                return Err(format!("{id}'s resume token does not lead back to it"));
+            }
+            if let Link::Connected(conn) = member.link
+                && self.conns.get(&conn).and_then(|c| c.member.as_ref()) != Some(id)
+            {
+                return Err(format!("{id} is linked to {conn}, which does not know it"));
+            }
+        }
+        for (conn, connection) in &self.conns {
+            if let Some(id) = &connection.member
+                && !matches!(self.members.get(id).map(|m| &m.link), Some(Link::Connected(c)) if c == conn)
+            {
+                return Err(format!("{conn} claims {id}, who is not linked to it"));
+            }
+        }
+        if self.resume_tokens.len() != self.members.len() {
+            return Err("a resume token outlived its member".into());
+        }
+        if !self.ending.is_empty() {
+            return Err("members left half-ended".into());
+        }
+        Ok(())
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             connections: self.conns.len(),
@@ -517,5 +562,6 @@ impl Rooms {
     }
 }
 
+pub mod exercise;
 #[cfg(test)]
 mod tests;

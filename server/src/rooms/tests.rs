@@ -281,3 +281,16 @@ fn ids_are_never_reused() {
         rooms.leave(client.conn, now).expect("joined");
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+    /// Arbitrary sequences of joins, resumes, relays, leaves, drops, drains and time passing keep
+    /// every index consistent, never reorder or duplicate a signal, and leave nothing behind.
+    #[test]
+    fn arbitrary_operation_sequences_keep_the_rules(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+        if let Err(broken) = super::exercise::run(&bytes) {
+            proptest::prop_assert!(false, "{}", broken);
+        }
+    }
+}
