@@ -301,11 +301,20 @@ function notice(text, kind = "info") {
   appendToLog(el);
 }
 
-function appendToLog(el) {
+// The log follows new lines while the reader is at its end (also when the viewport shrinks,
+// e.g. a phone's keyboard opening), and stays put while they scroll back.
+let followLog = true;
+ui.log.addEventListener("scroll", () => {
   const log = ui.log;
-  const atBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
-  log.append(el);
-  if (atBottom) log.scrollTop = log.scrollHeight;
+  followLog = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+});
+new ResizeObserver(() => {
+  if (followLog) ui.log.scrollTop = ui.log.scrollHeight;
+}).observe(ui.log);
+
+function appendToLog(el) {
+  ui.log.append(el);
+  if (followLog) ui.log.scrollTop = ui.log.scrollHeight;
 }
 
 function updatePeerCount() {
@@ -314,10 +323,13 @@ function updatePeerCount() {
   ui.alone.hidden = n > 0;
 }
 
+// Ids often differ only in their last characters, so hash them (FNV-1a) before picking one
+// of a few hues that read well in light and dark mode.
+const HUES = [250, 200, 165, 330, 25, 285, 140, 5, 220, 300];
 function hueOf(id) {
-  let h = 0;
-  for (const ch of String(id)) h = (h * 31 + ch.codePointAt(0)) % 360;
-  return String(h);
+  let h = 0x811c9dc5;
+  for (const ch of String(id)) h = Math.imul(h ^ ch.codePointAt(0), 0x01000193) >>> 0;
+  return String(HUES[h % HUES.length]);
 }
 
 function paintAvatar(el, name, id) {
