@@ -77,14 +77,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let code = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(args)),
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("peer: cannot start the async runtime: {e}");
-            1
+            std::process::exit(1);
         }
     };
-    // Exit without waiting for the blocking stdin reader, which cannot be cancelled.
+    let code = runtime.block_on(run(args));
+    // Exit with the runtime still alive: dropping it would wait for the blocking stdin read,
+    // which cannot be cancelled and may never end.
     std::process::exit(code);
 }
 

@@ -20,7 +20,8 @@ async fn join(server: &Server, name: &str, extra: &[&str]) -> (Peer, String) {
 }
 
 async fn wait_open(peer: &mut Peer, remote: &str) {
-    peer.wait_for(&format!("channel_open to {remote}"), |e| is(e, "channel_open") && e["peer"] == remote).await;
+    peer.wait_for(&format!("channel_open to {remote}"), |e| is(e, "channel_open") && e["peer"] == remote)
+        .await;
 }
 
 #[test]
@@ -31,8 +32,13 @@ fn two_peers_exchange_lines_both_ways_and_exit_when_expected() {
         let (mut bob, bob_id) = join(&server, "bob", &["--send", "hello from bob", "--expect", "1"]).await;
 
         let welcome = bob.events()[0].clone();
-        assert_eq!(welcome["peers"], serde_json::json!([{"id": ana_id, "name": "ana"}]), "bob's welcome lists ana");
-        ana.wait_for("peer_joined bob", |e| is(e, "peer_joined") && e["id"] == bob_id && e["name"] == "bob").await;
+        assert_eq!(
+            welcome["peers"],
+            serde_json::json!([{"id": ana_id, "name": "ana"}]),
+            "bob's welcome lists ana"
+        );
+        ana.wait_for("peer_joined bob", |e| is(e, "peer_joined") && e["id"] == bob_id && e["name"] == "bob")
+            .await;
 
         ana.wait_message(&bob_id, "hello from bob").await;
         bob.wait_message(&ana_id, "hello from ana").await;
@@ -76,7 +82,8 @@ fn a_late_joiner_connects_to_everyone_already_there() {
 
         let (mut dan, dan_id) = join(&server, "dan", &["--send", "dan is here"]).await;
         let welcome = dan.events()[0].clone();
-        let listed: Vec<&str> = welcome["peers"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()).collect();
+        let listed: Vec<&str> =
+            welcome["peers"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()).collect();
         assert_eq!(listed, vec![ana_id.as_str(), bob_id.as_str()], "welcome lists the members oldest first");
         wait_open(&mut dan, &ana_id).await;
         wait_open(&mut dan, &bob_id).await;
@@ -155,7 +162,8 @@ fn no_line_is_lost_when_a_peer_exits_right_after_sending() {
         }
         ana.close_stdin();
         assert_eq!(ana.wait_exit().await, Some(0));
-        let got = bob.wait_for_count("200 parting lines", 200, |e| is(e, "message") && e["from"] == ana_id).await;
+        let got =
+            bob.wait_for_count("200 parting lines", 200, |e| is(e, "message") && e["from"] == ana_id).await;
         let texts: Vec<&str> = got.iter().filter_map(|e| e["text"].as_str()).collect();
         let want: Vec<String> = (0..200).map(|i| format!("parting line {i}")).collect();
         assert_eq!(texts, want);
@@ -245,7 +253,8 @@ fn echo_sends_every_line_back_to_its_sender() {
     isolated(|| async {
         let server = Server::start(&[]).await;
         let (_echo, echo_id) = join(&server, "echo", &["--echo"]).await;
-        let (mut ana, _) = join(&server, "ana", &["--send", "ping 1", "--send", "ping 2", "--expect", "2"]).await;
+        let (mut ana, _) =
+            join(&server, "ana", &["--send", "ping 1", "--send", "ping 2", "--expect", "2"]).await;
         ana.wait_message(&echo_id, "ping 1").await;
         ana.wait_message(&echo_id, "ping 2").await;
         assert_eq!(ana.wait_exit().await, Some(0));

@@ -1,0 +1,232 @@
+//! Benchmarks of the Rust peer (results in docs/benchmarks.md, "WebRTC (Rust peer)").
+//!
+//! ```text
+//! cargo build --release -p server -p peer && cargo run --release -p peer --example bench
+//! ```
+//!
+//! 1. Connect time: the real `server` and two real `peer --json` processes, 20 times; from the
+//!    second peer's `welcome` event to its `channel_open` event, as read from its stdout.
+//! 2. Throughput: two peer connections in this process, built exactly as the peer builds them
+//!    (same settings, sockets and buffers), one ordered reliable channel, 64 MiB sent as
+//!    16 KiB and as 64 KiB binary messages; from the first send to the last byte received.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::BytesMut;
+use peer::transport;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+};
+
+const RUNS: usize = 20;
+const VOLUME: usize = 64 * 1024 * 1024;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .context("cannot find the target directory")?;
+    println!("connect: join -> chat open, two Rust peers through the server, {RUNS} runs");
+    let mut times = connect_times(&bin).await?;
+    times.sort();
+    let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "  p50 {:.1} ms, p99 {:.1} ms, min {:.1} ms, max {:.1} ms",
+        ms(p(0.5)),
+        ms(p(0.99)),
+        ms(times[0]),
+        ms(times[times.len() - 1])
+    );
+    for size in [16 * 1024, 64 * 1024] {
+        let (elapsed, rate) = throughput(size).await?;
+        println!(
+            "throughput: {} KiB messages, {} MiB in {:.2} s = {:.0} MB/s",
+            size / 1024,
+            VOLUME >> 20,
+            elapsed.as_secs_f64(),
+            rate / 1e6
+        );
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+async fn connect_times(bin: &std::path::Path) -> Result<Vec<Duration>> {
+    let mut server = Command::new(bin.join("server"))
+        .args(["--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}/server (build it with --release first)", bin.display()))?;
+    let mut lines = BufReader::new(server.stdout.take().context("no stdout")?).lines();
+    let url = loop {
+        let line = lines.next_line().await?.context("server exited")?;
+        if let Some(rest) = line.strip_prefix("listening on http://") {
+            break format!("ws://{rest}/ws");
+        }
+    };
+    let mut times = Vec::new();
+    for run in 0..RUNS {
+        let room = format!("bench{run}");
+        let (mut first, mut first_events) = spawn_peer(bin, &url, &room)?;
+        wait_event(&mut first_events, "welcome").await?;
+        let (mut second, mut second_events) = spawn_peer(bin, &url, &room)?;
+        let joined = wait_event(&mut second_events, "welcome").await?;
+        let opened = wait_event(&mut second_events, "channel_open").await?;
+        times.push(opened - joined);
+        let _ = first.start_kill();
+        let _ = second.start_kill();
+        let _ = first.wait().await;
+        let _ = second.wait().await;
+    }
+    Ok(times)
+}
+
+fn spawn_peer(
+    bin: &std::path::Path,
+    url: &str,
+    room: &str,
+) -> Result<(Child, mpsc::Receiver<(String, Instant)>)> {
+    let mut child = Command::new(bin.join("peer"))
+        .args(["--server", url, "--room", room, "--json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}/peer", bin.display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            // Timestamp on arrival: the pipe adds microseconds, not milliseconds.
+            let at = Instant::now();
+            let event = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v["event"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            if tx.send((event, at)).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+async fn wait_event(events: &mut mpsc::Receiver<(String, Instant)>, name: &str) -> Result<Instant> {
+    let wait = async {
+        while let Some((event, at)) = events.recv().await {
+            if event == name {
+                return Ok(at);
+            }
+        }
+        Err(anyhow!("peer exited before {name}"))
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait).await.map_err(|_| anyhow!("no {name} within 20 s"))?
+}
+
+struct Gather(mpsc::Sender<()>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Gather {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.0.try_send(());
+        }
+    }
+    async fn on_data_channel(&self, _channel: Arc<dyn DataChannel>) {}
+}
+
+struct Receive(mpsc::Sender<Arc<dyn DataChannel>>, mpsc::Sender<()>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Receive {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.1.try_send(());
+        }
+    }
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let _ = self.0.send(channel).await;
+    }
+}
+
+async fn build(handler: Arc<dyn PeerConnectionEventHandler>) -> Result<Arc<dyn PeerConnection>> {
+    let pc = PeerConnectionBuilder::new()
+        .with_setting_engine(transport::setting_engine())
+        .with_runtime(transport::BigBufferRuntime::shared())
+        .with_handler(handler)
+        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .with_data_channel_send_buffer_limit(transport::SEND_BUFFER_LIMIT)
+        .build()
+        .await?;
+    Ok(Arc::new(pc))
+}
+
+async fn throughput(size: usize) -> Result<(Duration, f64)> {
+    let (gathered_a, mut gathered_a_rx) = mpsc::channel(1);
+    let (gathered_b, mut gathered_b_rx) = mpsc::channel(1);
+    let (channel_tx, mut channel_rx) = mpsc::channel(1);
+    let a = build(Arc::new(Gather(gathered_a))).await?;
+    let b = build(Arc::new(Receive(channel_tx, gathered_b))).await?;
+    let sender = a.create_data_channel("bench", None).await?;
+    // Whole-SDP exchange (no trickle): this measures the channel, not the connect.
+    let offer = a.create_offer(None).await?;
+    a.set_local_description(offer).await?;
+    gathered_a_rx.recv().await;
+    b.set_remote_description(a.local_description().await.context("no offer")?).await?;
+    let answer = b.create_answer(None).await?;
+    b.set_local_description(answer).await?;
+    gathered_b_rx.recv().await;
+    a.set_remote_description(b.local_description().await.context("no answer")?).await?;
+
+    loop {
+        match sender.poll().await {
+            Some(DataChannelEvent::OnOpen) => break,
+            Some(_) => {}
+            None => bail!("channel closed before opening"),
+        }
+    }
+    let receiver = channel_rx.recv().await.context("no remote channel")?;
+    let count = VOLUME / size;
+    let reader = tokio::spawn(async move {
+        let mut got = 0usize;
+        while got < VOLUME {
+            match receiver.poll().await {
+                Some(DataChannelEvent::OnMessage(m)) => got += m.data.len(),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        (got, Instant::now())
+    });
+    let payload = BytesMut::from(vec![7u8; size].as_slice());
+    let start = Instant::now();
+    for _ in 0..count {
+        // Waits while SEND_BUFFER_LIMIT bytes are unacknowledged: the peer's own back-pressure.
+        sender.send(payload.clone()).await?;
+    }
+    let (got, end) = tokio::time::timeout(Duration::from_secs(120), reader).await??;
+    if got < VOLUME {
+        bail!("received {got} of {VOLUME} bytes");
+    }
+    let elapsed = end - start;
+    let _ = a.close().await;
+    let _ = b.close().await;
+    Ok((elapsed, VOLUME as f64 / elapsed.as_secs_f64()))
+}
