@@ -50,7 +50,8 @@ class Session {
     this.token = token;
     this.selfId = null;
     this.iceServers = [];
-    this.peers = new Map(); // id -> { link, el }
+    this.peers = new Map(); // id -> { link, el, wasConnected }
+    this.shownErrors = new Set();
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.signaling = new Signaling(`${scheme}://${location.host}/ws`, { room, name, token });
     this.signaling.addEventListener("welcome", (e) => this.onWelcome(e.detail));
@@ -183,6 +184,10 @@ class Session {
       entry.wasConnected = true;
       notice(`Connected to ${name}.`);
     }
+    if (state === "failed" && !entry.failed) {
+      entry.failed = true;
+      notice(`The connection to ${name} failed: no network path between you was found.`, "error");
+    }
   }
 
   removePeer(id, why) {
@@ -248,7 +253,12 @@ class Session {
       showJoinForm({ room: this.room, name: this.name, error: text });
       return;
     }
-    notice(text, "error");
+    // A signal racing a departure gets `unknown_peer` once per trickled candidate: say it once.
+    const key = `${msg.code}:${msg.to ?? ""}`;
+    if (this.shownErrors.has(key)) return;
+    this.shownErrors.add(key);
+    const about = typeof msg.to === "string" ? ` (${displayName(this.peers.get(msg.to)?.link.name, msg.to)})` : "";
+    notice(text + about, "error");
     if (msg.code === "too_large" || msg.code === "unauthorized") showBanner("error", text);
   }
 

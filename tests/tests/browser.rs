@@ -138,6 +138,7 @@ fn three_way_mesh_of_two_browsers_and_a_rust_peer() {
         )
         .await;
         let (desktop, phone) = screenshot_targets();
+        ana.set_window_size(1280, 900).await;
         ana.screenshot(&desktop).await;
         ana.set_window_size(390, 844).await;
         ana.screenshot(&phone).await;
@@ -188,12 +189,13 @@ fn html_in_lines_and_names_is_shown_literally() {
         let server = start_server_with_page(&[]).await;
         let ana = Browser::start("ana").await;
         let ana_id = ana.join(&server, "xss", "ana").await;
-        let evil_name = "<img src=x onerror=window.pwned=1>";
+        // At most 32 characters, the protocol's limit for names.
+        let evil_name = "<img src=x onerror=pwned=1>";
         let bo = Browser::start("bo").await;
-        let bo_id = bo.join(&server, "xss", "%3Cimg%20src%3Dx%20onerror%3Dwindow.pwned%3D1%3E").await;
+        let bo_id = bo.join(&server, "xss", "%3Cimg%20src%3Dx%20onerror%3Dpwned%3D1%3E").await;
         ana.wait_connected(&bo_id).await;
 
-        let line = "<script>window.pwned=2</script><b>not bold</b> & &amp;";
+        let line = "<script>pwned=2</script><b>not bold</b> & &amp;";
         bo.send_line(line).await;
         ana.wait_line(&bo_id, line).await;
 
@@ -229,4 +231,70 @@ fn screenshot_targets() -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = root.join("target/screenshots");
         (dir.join("mesh.png"), dir.join("mesh-phone.png"))
     }
+}
+
+/// The server dies and comes back: the page says it is reconnecting, its open data channel keeps
+/// carrying lines meanwhile, and after the restart (which cannot resume the old session) it
+/// rejoins with a new id and connects to everyone again.
+#[test]
+fn the_page_rides_out_a_server_restart() {
+    isolated(|| async {
+        let mut server = start_server_with_page(&[]).await;
+        let mut rusty = Peer::spawn(&server, &["--room", "phoenix", "--name", "rusty"]).await;
+        let rusty_id = rusty.joined().await;
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "phoenix", "ana").await;
+        ana.wait_connected(&rusty_id).await;
+
+        server.kill().await;
+        ana.wait_until(
+            "the reconnecting banner",
+            r#"const b = document.querySelector('#banner');
+               return !b.hidden && b.textContent.includes('Reconnecting')
+                 && document.querySelector('#status').textContent.includes('reconnecting');"#,
+        )
+        .await;
+        // The peer-to-peer channel does not need the server.
+        ana.send_line("sent while the server is down").await;
+        rusty.wait_message(&ana_id, "sent while the server is down").await;
+
+        server.restart().await;
+        let rusty_new = rusty.joined().await;
+        let script = format!(
+            "const e = document.querySelector('[data-self-id]'); return e && e.dataset.selfId !== {};",
+            serde_json::json!(ana_id)
+        );
+        ana.wait_until("a new own id after the restart", &script).await;
+        let ana_new = ana.self_id().await;
+        ana.wait_peer_gone(&rusty_id).await;
+        ana.wait_connected(&rusty_new).await;
+        ana.wait_until("the banner gone", "return document.querySelector('#banner').hidden;").await;
+        ana.send_line("back after the restart").await;
+        rusty.wait_message(&ana_new, "back after the restart").await;
+        ana.close().await;
+    });
+}
+
+/// A join the server refuses (here: the room is full) brings back the form with the reason.
+#[test]
+fn a_refused_join_says_why() {
+    isolated(|| async {
+        let server = start_server_with_page(&["--room-size", "1"]).await;
+        let ana = Browser::start("ana").await;
+        ana.join(&server, "tiny", "ana").await;
+        let bo = Browser::start("bo").await;
+        bo.open(&format!("{}/?room=tiny&name=bo", server.http_url())).await;
+        let shown = bo
+            .wait_until(
+                "the join error",
+                "const e = document.querySelector('#join-error'); return !e.hidden && e.textContent;",
+            )
+            .await;
+        assert!(shown.as_str().is_some_and(|t| t.contains("full")), "unclear message: {shown}");
+        // The form is back, filled in, so that trying again is one click.
+        let room = bo.eval("return document.querySelector('#room').value;").await;
+        assert_eq!(room, "tiny");
+        ana.close().await;
+        bo.close().await;
+    });
 }
