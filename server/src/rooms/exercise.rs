@@ -81,7 +81,9 @@ impl World {
             let sequence = message["signal"]["n"].as_u64().ok_or("a signal without its number")?;
             let last = self.last_seen.entry((from.clone(), receiver.to_string())).or_insert(0);
             if sequence <= *last {
-                return Err(format!("{receiver} got {sequence} from {from} after {last}: reordered or duplicated"));
+                return Err(format!(
+                    "{receiver} got {sequence} from {from} after {last}: reordered or duplicated"
+                ));
             }
             *last = sequence;
         }
@@ -97,12 +99,15 @@ impl World {
 
     fn step(&mut self, op: Op) -> Result<(), String> {
         match op {
-            Op::Connect if self.conns.len() < 32 => self.conns.push(self.rooms.connect(Arc::new(Notify::new()))),
+            Op::Connect if self.conns.len() < 32 => {
+                self.conns.push(self.rooms.connect(Arc::new(Notify::new())))
+            }
             Op::Connect => {}
             Op::Join { conn, room, resume } => {
                 let Some(conn) = self.conn(conn) else { return Ok(()) };
                 let resume = resume.and_then(|i| {
-                    (!self.members.is_empty()).then(|| self.members[i as usize % self.members.len()].1.clone())
+                    (!self.members.is_empty())
+                        .then(|| self.members[i as usize % self.members.len()].1.clone())
                 });
                 let room = ROOM_NAMES.get(room as usize).copied().unwrap_or("a");
                 let request = JoinRequest {
@@ -124,10 +129,8 @@ impl World {
                 }
                 let to = self.members[to as usize % self.members.len()].0.clone();
                 self.next_sequence += 1;
-                let frame = format!(
-                    r#"{{"type":"signal","from":"{from}","signal":{{"n":{}}}}}"#,
-                    self.next_sequence
-                );
+                let frame =
+                    format!(r#"{{"type":"signal","from":"{from}","signal":{{"n":{}}}}}"#, self.next_sequence);
                 let _ = self.rooms.relay(conn, &from, to.as_str(), frame.into(), self.now);
             }
             Op::Leave { conn } => {
