@@ -1,12 +1,14 @@
 //! The Switchboard headless peer: joins a room through the signaling server and keeps a full
 //! mesh of WebRTC data channels with everyone in it.
 //!
+//! - [`files`]: files over `file` data channels (header, receiver, sender, progress bars).
 //! - [`link`]: one remote peer (peer connection, perfect negotiation, `chat` channel); no server.
 //! - [`signaling`]: the WebSocket client (join, resume, reconnect with backoff, outbox).
 //! - [`mesh`]: the room as this peer sees it: which links exist, who offers, what to tell the user.
 //! - [`transport`]: how connections are built (settings, sockets, buffers).
 //! - [`output`]: human-readable and `--json` output.
 
+pub mod files;
 pub mod link;
 pub mod mesh;
 pub mod output;
