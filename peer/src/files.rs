@@ -258,7 +258,7 @@ pub enum Step {
 
 enum State {
     AwaitingHeader,
-    Receiving(Partial),
+    Receiving(Box<Partial>),
     Finished,
 }
 
@@ -339,14 +339,14 @@ impl Incoming {
                     .map_err(FileError::io(format!("cannot create {}", self.dir.display())))?;
                 let (temp, file) = TempFile::create(&self.dir)?;
                 let size = header.size;
-                self.state = State::Receiving(Partial {
+                self.state = State::Receiving(Box::new(Partial {
                     name: name.clone(),
                     header,
                     temp,
                     writer: BufWriter::with_capacity(4 * CHUNK_BYTES, file),
                     hasher: Sha256::new(),
                     received: 0,
-                });
+                }));
                 if size == 0 {
                     return self.finish();
                 }
@@ -375,7 +375,7 @@ impl Incoming {
         let State::Receiving(p) = std::mem::replace(&mut self.state, State::Finished) else {
             return Err(FileError::Test("finish without a transfer"));
         };
-        let Partial { name, header, temp, writer, hasher, received } = p;
+        let Partial { name, header, temp, writer, hasher, received } = *p;
         let actual = hex::encode(hasher.finalize());
         if actual != header.sha256 {
             return Err(FileError::HashMismatch { expected: header.sha256, actual });
@@ -722,6 +722,116 @@ async fn send_bytes(
         reporter.progress(sent);
     }
     Ok(())
+}
+
+/// What the command line asked for about files.
+#[derive(Debug, Clone)]
+pub struct FileOptions {
+    /// Sent to every peer once its connection is up (`--send-file`).
+    pub send: Vec<Arc<Outgoing>>,
+    /// Where received files go (`--receive-dir`).
+    pub receive_dir: PathBuf,
+    /// Done once this many files were received and verified (`--expect-files`).
+    pub expect: Option<usize>,
+    /// Tests only (`--test-corrupt-file`): break every outgoing transfer this way.
+    pub corrupt: Option<Corruption>,
+}
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions { send: Vec::new(), receive_dir: PathBuf::from("received"), expect: None, corrupt: None }
+    }
+}
+
+/// The `--json` line of a file event (INTERFACES.md); `None` for progress, which is only drawn.
+pub fn json_event(event: &FileEvent) -> Option<serde_json::Value> {
+    use serde_json::json;
+    match event {
+        FileEvent::Started { .. } | FileEvent::Progress { .. } => None,
+        FileEvent::Received { peer, file, .. } => Some(json!({
+            "event": "file_received", "from": peer, "name": file.name, "size": file.size,
+            "sha256": file.sha256, "path": file.path.display().to_string(),
+        })),
+        FileEvent::Failed { peer, name, error, .. } => {
+            Some(json!({"event": "file_failed", "from": peer, "name": name, "error": error}))
+        }
+        FileEvent::Sent { peer, name, size, error: None, .. } => {
+            Some(json!({"event": "file_sent", "to": peer, "name": name, "size": size, "ok": true}))
+        }
+        FileEvent::Sent { peer, name, size, error: Some(error), .. } => Some(json!({
+            "event": "file_sent", "to": peer, "name": name, "size": size, "ok": false, "error": error,
+        })),
+    }
+}
+
+/// The human line of a file event, `who` being the remote's display form; `None` for progress.
+/// With `bars`, starts and progress are drawn as bars instead of printed.
+pub fn human_line(event: &FileEvent, who: &str, bars: Option<&mut ProgressBars>) -> Option<String> {
+    match event {
+        FileEvent::Started { transfer, outgoing, name, size, .. } => {
+            let (verb, dir) = if *outgoing { ("sending", "to") } else { ("receiving", "from") };
+            match bars {
+                Some(bars) => {
+                    bars.start(*transfer, format!("{name} {dir} {who}"), *size);
+                    None
+                }
+                None => Some(format!("* {verb} {name} ({}) {dir} {who}", format_size(*size))),
+            }
+        }
+        FileEvent::Progress { transfer, bytes } => {
+            if let Some(bars) = bars {
+                bars.update(*transfer, *bytes);
+            }
+            None
+        }
+        FileEvent::Received { transfer, file, elapsed, .. } => {
+            if let Some(bars) = bars {
+                bars.finish(*transfer);
+            }
+            Some(format!(
+                "* received {} ({}) from {who} in {:.1} s, {}; sha256 {}; saved as {}",
+                file.name,
+                format_size(file.size),
+                elapsed.as_secs_f64(),
+                format_rate(file.size, *elapsed),
+                file.sha256,
+                file.path.display()
+            ))
+        }
+        FileEvent::Failed { transfer, name, error, .. } => {
+            if let Some(bars) = bars {
+                bars.finish(*transfer);
+            }
+            Some(format!("! receiving {name:?} from {who} failed: {error}"))
+        }
+        FileEvent::Sent { transfer, name, size, error, elapsed, .. } => {
+            if let Some(bars) = bars {
+                bars.finish(*transfer);
+            }
+            Some(match error {
+                None => format!(
+                    "* sent {name} ({}) to {who} in {:.1} s, {}; verified by the receiver",
+                    format_size(*size),
+                    elapsed.as_secs_f64(),
+                    format_rate(*size, *elapsed)
+                ),
+                Some(error) => format!("! sending {name} to {who} failed: {error}"),
+            })
+        }
+    }
+}
+
+impl FileEvent {
+    /// The remote peer's id, when the event names one.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            FileEvent::Started { peer, .. }
+            | FileEvent::Received { peer, .. }
+            | FileEvent::Failed { peer, .. }
+            | FileEvent::Sent { peer, .. } => Some(peer),
+            FileEvent::Progress { .. } => None,
+        }
+    }
 }
 
 /// `12.3 MB/s` for `bytes` moved in `elapsed`.

@@ -27,6 +27,7 @@ use webrtc::peer_connection::{
     RTCSessionDescription,
 };
 
+use crate::files::{self, FILE_LABEL, Inbox};
 use crate::transport;
 
 /// The label of the chat channel (PROTOCOL.md).
@@ -74,6 +75,8 @@ pub struct LinkOptions {
     pub bind: Vec<String>,
     /// ICE servers, from `welcome`.
     pub ice_servers: Vec<protocol::IceServer>,
+    /// Where incoming `file` channels store their files; `None` refuses them.
+    pub inbox: Option<Inbox>,
 }
 
 impl Default for LinkOptions {
@@ -81,6 +84,7 @@ impl Default for LinkOptions {
         LinkOptions {
             bind: transport::DEFAULT_BIND.iter().map(|s| s.to_string()).collect(),
             ice_servers: Vec::new(),
+            inbox: None,
         }
     }
 }
@@ -102,6 +106,7 @@ struct Shared {
     /// `a=mid` and `a=ice-ufrag` of our latest local description, for the candidates we send
     /// (webrtc-rs fills `sdpMid` with "" and no ufrag, which browsers may reject).
     local_mid: Mutex<(Option<String>, Option<String>)>,
+    inbox: Option<Inbox>,
     tasks: TaskTracker,
 }
 
@@ -150,6 +155,7 @@ impl Link {
             events,
             chat: Mutex::new(None),
             local_mid: Mutex::new((None, None)),
+            inbox: options.inbox.clone(),
             tasks: TaskTracker::new(),
         });
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -304,8 +310,11 @@ impl PeerConnectionEventHandler for Handler {
         let label = channel.label().await.unwrap_or_default();
         if label == CHAT_LABEL {
             self.shared.tasks.spawn(run_chat_channel(self.shared.clone(), channel));
+        } else if label == FILE_LABEL
+            && let Some(inbox) = &self.shared.inbox
+        {
+            self.shared.tasks.spawn(files::receive(self.shared.remote.clone(), channel, inbox.clone()));
         } else {
-            // Issue 8 adds `file` channels here; until then an unknown channel is refused.
             tracing::info!(peer = %self.shared.remote, "closing unsupported data channel {label:?}");
             let _ = channel.close().await;
         }

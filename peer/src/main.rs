@@ -1,9 +1,12 @@
 //! `peer`: a terminal chat and scriptable test client for a Switchboard room.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use peer::files::{Corruption, FileOptions, Outgoing};
 use peer::mesh::{self, ChatOptions, Inputs, Outcome};
 use peer::output::Output;
 use peer::signaling::{JoinParams, Signaling};
@@ -56,6 +59,19 @@ struct Args {
     /// Local UDP address for peer connections (repeatable; default: loopback and every interface).
     #[arg(long = "bind", value_name = "ADDR")]
     bind: Vec<String>,
+    /// Send the file at PATH to every peer once its connection is up (repeatable).
+    #[arg(long = "send-file", value_name = "PATH")]
+    send_file: Vec<PathBuf>,
+    /// Store received files in DIR (created if missing; existing files are never replaced).
+    #[arg(long, value_name = "DIR", default_value = "received")]
+    receive_dir: PathBuf,
+    /// Exit 0 once N files have been received and verified.
+    #[arg(long, value_name = "N")]
+    expect_files: Option<usize>,
+    /// TESTING ONLY: break every file this peer sends, to test receivers: `hash` announces a
+    /// wrong SHA-256, `truncate` closes the channel after half the bytes. Hidden from --help.
+    #[arg(long, value_name = "HOW", hide = true)]
+    test_corrupt_file: Option<Corruption>,
 }
 
 fn parse_room(s: &str) -> Result<String, String> {
@@ -84,13 +100,25 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = runtime.block_on(run(args));
+    // Hash the files to send before joining: a missing file is a bad flag, and every peer
+    // then gets the same header without reading the file twice more.
+    let mut outgoing = Vec::new();
+    for path in &args.send_file {
+        match Outgoing::prepare(path) {
+            Ok(file) => outgoing.push(Arc::new(file)),
+            Err(e) => {
+                eprintln!("peer: --send-file: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let code = runtime.block_on(run(args, outgoing));
     // Exit with the runtime still alive: dropping it would wait for the blocking stdin read,
     // which cannot be cancelled and may never end.
     std::process::exit(code);
 }
 
-async fn run(args: Args) -> i32 {
+async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>) -> i32 {
     let tasks = TaskTracker::new();
     let (server_tx, server_rx) = mpsc::channel(256);
     let signaling = Signaling::start(
@@ -127,6 +155,12 @@ async fn run(args: Args) -> i32 {
             transport::DEFAULT_BIND.iter().map(|s| s.to_string()).collect()
         } else {
             args.bind
+        },
+        files: FileOptions {
+            send: outgoing,
+            receive_dir: args.receive_dir,
+            expect: args.expect_files,
+            corrupt: args.test_corrupt_file,
         },
     };
     let mut output = Output::new(args.json);

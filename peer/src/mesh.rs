@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use protocol::{ErrorCode, MAX_CHAT_LINE_BYTES, PeerInfo};
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
+use crate::files::{self, FileEvent, FileOptions, Inbox};
 use crate::link::{Link, LinkEvent, LinkOptions};
 use crate::output::Event;
 use crate::signaling::{Signaling, SignalingEvent};
@@ -16,6 +18,10 @@ use crate::signaling::{Signaling, SignalingEvent};
 pub const LINK_EVENT_QUEUE: usize = 1024;
 /// How long the lines sent so far may take to be acknowledged when exiting.
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// File events queued for the mesh; final ones wait when it is full, progress is dropped.
+const FILE_EVENT_QUEUE: usize = 256;
+/// How long files still being sent may take to finish when exiting.
+const FILE_FLUSH_DEADLINE: Duration = Duration::from_secs(60);
 /// How long `leave` may take when exiting.
 const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -30,6 +36,8 @@ pub struct ChatOptions {
     pub expect: Option<usize>,
     /// Local addresses to bind for peer connections.
     pub bind: Vec<String>,
+    /// `--send-file`, `--receive-dir`, `--expect-files`.
+    pub files: FileOptions,
 }
 
 /// Why the mesh stopped.
@@ -61,6 +69,11 @@ struct Mesh<'a> {
     self_id: Option<String>,
     ice_servers: Vec<protocol::IceServer>,
     received: usize,
+    file_tx: files::FileEvents,
+    file_rx: mpsc::Receiver<FileEvent>,
+    files_received: usize,
+    /// Outgoing transfers, waited for on exit.
+    sends: TaskTracker,
     emit: &'a mut dyn FnMut(Event),
 }
 
@@ -78,6 +91,7 @@ where
     T: Future<Output = ()>,
 {
     let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
+    let (file_tx, file_rx) = mpsc::channel(FILE_EVENT_QUEUE);
     let Inputs { mut lines, shutdown, timeout } = inputs;
     tokio::pin!(shutdown);
     tokio::pin!(timeout);
@@ -90,6 +104,10 @@ where
         self_id: None,
         ice_servers: Vec::new(),
         received: 0,
+        file_tx,
+        file_rx,
+        files_received: 0,
+        sends: TaskTracker::new(),
         emit,
     };
     let mut stdin_open = true;
@@ -102,11 +120,14 @@ where
             Some((remote, event)) = link_rx.recv() => {
                 if let Some(outcome) = mesh.on_link(remote, event).await { break outcome }
             }
+            Some(event) = mesh.file_rx.recv() => {
+                if let Some(outcome) = mesh.on_file(event) { break outcome }
+            }
             line = lines.recv(), if stdin_open => match line {
                 Some(line) => mesh.on_line(line).await,
                 None => {
                     stdin_open = false;
-                    if mesh.options.expect.is_none() { break Outcome::Done }
+                    if mesh.options.expect.is_none() && mesh.options.files.expect.is_none() { break Outcome::Done }
                 }
             },
             _ = &mut shutdown => break Outcome::Done,
@@ -200,7 +221,11 @@ impl Mesh<'_> {
         if let Some(old) = self.links.remove(id) {
             old.close(None).await;
         }
-        let options = LinkOptions { bind: self.options.bind.clone(), ice_servers: self.ice_servers.clone() };
+        let options = LinkOptions {
+            bind: self.options.bind.clone(),
+            ice_servers: self.ice_servers.clone(),
+            inbox: Some(Inbox { dir: self.options.files.receive_dir.clone(), events: self.file_tx.clone() }),
+        };
         match Link::new(id.to_string(), polite, &options, self.link_tx.clone()).await {
             Ok(link) => {
                 self.links.insert(id.to_string(), link);
@@ -245,6 +270,19 @@ impl Mesh<'_> {
                 for text in self.options.send.clone() {
                     self.send_to(&remote, text).await;
                 }
+                if let Some(link) = self.links.get(&remote) {
+                    for file in &self.options.files.send {
+                        let pc = link.peer_connection().clone();
+                        let (file, corrupt) = (file.clone(), self.options.files.corrupt);
+                        self.sends.spawn(files::send(
+                            remote.clone(),
+                            pc,
+                            file,
+                            corrupt,
+                            self.file_tx.clone(),
+                        ));
+                    }
+                }
             }
             LinkEvent::Message(text) => {
                 self.received += 1;
@@ -252,7 +290,7 @@ impl Mesh<'_> {
                 if self.options.echo {
                     self.send_to(&remote, text).await;
                 }
-                if self.options.expect.is_some_and(|n| self.received >= n) {
+                if self.expectations_met() {
                     return Some(Outcome::Done);
                 }
             }
@@ -269,6 +307,53 @@ impl Mesh<'_> {
             }
         }
         None
+    }
+
+    fn on_file(&mut self, event: FileEvent) -> Option<Outcome> {
+        let received = matches!(event, FileEvent::Received { .. });
+        (self.emit)(Event::File(event));
+        if received {
+            self.files_received += 1;
+            if self.expectations_met() {
+                return Some(Outcome::Done);
+            }
+        }
+        None
+    }
+
+    /// `--expect` and `--expect-files`: done once every one given is reached.
+    fn expectations_met(&self) -> bool {
+        let (lines, files) = (self.options.expect, self.options.files.expect);
+        (lines.is_some() || files.is_some())
+            && lines.is_none_or(|n| self.received >= n)
+            && files.is_none_or(|n| self.files_received >= n)
+    }
+
+    /// Lets outgoing files finish (bounded), still reporting their outcome.
+    async fn finish_sends(&mut self) {
+        self.sends.close();
+        if self.sends.is_empty() {
+            return;
+        }
+        let sends = self.sends.clone();
+        let done = sends.wait();
+        tokio::pin!(done);
+        let deadline = tokio::time::sleep(FILE_FLUSH_DEADLINE);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut done => break,
+                Some(event) = self.file_rx.recv() => { self.on_file(event); }
+                _ = &mut deadline => {
+                    tracing::warn!("files still being sent after {FILE_FLUSH_DEADLINE:?}; exiting anyway");
+                    break;
+                }
+            }
+        }
+        // Outcomes reported just before the last send ended.
+        while let Ok(event) = self.file_rx.try_recv() {
+            self.on_file(event);
+        }
     }
 
     async fn send_to(&self, remote: &str, text: String) {
@@ -301,6 +386,7 @@ impl Mesh<'_> {
 
     /// Delivers what was sent on every link, closes them, and leaves.
     async fn finish(&mut self) {
+        self.finish_sends().await;
         let links: Vec<Link> = self.links.drain().map(|(_, l)| l).collect();
         futures_util::future::join_all(links.into_iter().map(|l| l.close(Some(FLUSH_DEADLINE)))).await;
         tracing::debug!("links closed; leaving");

@@ -2,10 +2,12 @@
 //! (INTERFACES.md). Logs go to stderr through `tracing`, never here.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use protocol::PeerInfo;
 use serde_json::json;
+
+use crate::files::{self, FileEvent, ProgressBars};
 
 /// Something worth telling the user.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +42,8 @@ pub enum Event {
     Error {
         message: String,
     },
+    /// A file transfer started, progressed or ended (see [`crate::files`]).
+    File(FileEvent),
 }
 
 /// Renders events to stdout.
@@ -48,20 +52,40 @@ pub struct Output {
     json: bool,
     /// Display names by id, for human output.
     names: HashMap<String, String>,
+    /// File transfer progress bars, in human output on a terminal.
+    bars: Option<ProgressBars>,
 }
 
 impl Output {
     pub fn new(json: bool) -> Output {
-        Output { json, names: HashMap::new() }
+        let bars = (!json && std::io::stderr().is_terminal()).then(ProgressBars::new);
+        Output { json, names: HashMap::new(), bars }
     }
 
     /// Prints `event` as one line and flushes, so that a reader sees it at once.
     pub fn emit(&mut self, event: &Event) {
-        let line = if self.json { Self::json_line(event) } else { self.human_line(event) };
-        let mut stdout = std::io::stdout().lock();
-        // A closed stdout (the reader went away) is no reason to stop chatting.
-        let _ = writeln!(stdout, "{line}");
-        let _ = stdout.flush();
+        let line = match event {
+            // Progress has no line of its own: it is drawn, or not shown.
+            Event::File(file) if self.json => files::json_event(file).map(|v| v.to_string()),
+            Event::File(file) => {
+                let who = file.peer().map(|id| self.who(id)).unwrap_or_default();
+                files::human_line(file, &who, self.bars.as_mut())
+            }
+            _ if self.json => Some(Self::json_line(event)),
+            _ => Some(self.human_line(event)),
+        };
+        let Some(line) = line else { return };
+        let print = || {
+            let mut stdout = std::io::stdout().lock();
+            // A closed stdout (the reader went away) is no reason to stop chatting.
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        };
+        // Lines go above the progress bars, not through them.
+        match &self.bars {
+            Some(bars) => bars.suspend(print),
+            None => print(),
+        }
     }
 
     /// The `--json` line for `event`.
@@ -77,6 +101,7 @@ impl Output {
             Event::PeerLeft { id } => json!({"event": "peer_left", "id": id}),
             Event::Reconnecting { reason } => json!({"event": "reconnecting", "reason": reason}),
             Event::Error { message } => json!({"event": "error", "message": message}),
+            Event::File(file) => files::json_event(file).unwrap_or(serde_json::Value::Null),
         };
         value.to_string()
     }
@@ -119,6 +144,10 @@ impl Output {
             }
             Event::Reconnecting { reason } => format!("* signaling lost ({reason}); reconnecting..."),
             Event::Error { message } => format!("! {message}"),
+            Event::File(file) => {
+                let who = file.peer().map(|id| self.who(id)).unwrap_or_default();
+                files::human_line(file, &who, None).unwrap_or_default()
+            }
         }
     }
 }
