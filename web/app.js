@@ -410,10 +410,13 @@ function enterRoom({ room, name, token }) {
   ui.selfName.textContent = name || "…";
   ui.selfEntryName.textContent = name || "…";
   ui.selfIdText.textContent = "";
+  paintAvatar(ui.selfAvatar, name || "?", name || "self");
   ui.log.replaceChildren();
   document.title = `${room} · Switchboard`;
   setComposerEnabled(false);
   session = new Session({ room, name, token });
+  // The link the invite button copies (without our name: the invitee picks theirs).
+  ui.invite.dataset.inviteUrl = inviteUrl();
   updatePeerCount();
   session.start();
   ui.message.focus();

@@ -175,7 +175,7 @@ export class Signaling extends EventTarget {
 
 // What a person should read for each close code that ends the session.
 export function describeClose(code, reason) {
-  const why = reason ? ` (${reason})` : "";
+  const why = reason ? ` (code ${code}: ${reason})` : ` (code ${code})`;
   switch (code) {
     case 1000:
       return `The server closed the connection${why}.`;
@@ -184,11 +184,11 @@ export function describeClose(code, reason) {
     case 1009:
       return `The server closed the connection: a message was too large${why}.`;
     case 4000:
-      return "This session was opened again somewhere else (code 4000, replaced), so this tab stopped.";
+      return "This session was resumed somewhere else (code 4000, replaced), so this tab stopped.";
     case 0:
-      return `Cannot reach the signaling server${why}.`;
+      return `Cannot reach the signaling server${reason ? ` (${reason})` : ""}.`;
     default:
-      return `The connection to the server ended (code ${code})${why}.`;
+      return `The connection to the server ended${why}.`;
   }
 }
 

@@ -298,3 +298,45 @@ fn a_refused_join_says_why() {
         bo.close().await;
     });
 }
+
+/// With room tokens required, the page without one is refused and says why; the invite link
+/// carrying `token=` gets in.
+#[test]
+fn a_room_token_in_the_link_lets_the_page_in() {
+    isolated(|| async {
+        let secret = ["--token-secret", "browser-test-secret"];
+        let server = start_server_with_page(&secret).await;
+        let out = std::process::Command::new(tests::bin_path("server"))
+            .args(["token", "--room", "vip", "--ttl", "10m"])
+            .args(secret)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `server token`: {e}"));
+        assert!(out.status.success(), "`server token` failed: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let token = stdout.lines().last().unwrap_or_default().trim().to_string();
+
+        let ana = Browser::start("ana").await;
+        ana.open(&format!("{}/?room=vip&name=ana", server.http_url())).await;
+        let shown = ana
+            .wait_until(
+                "the join error",
+                "const e = document.querySelector('#join-error'); return !e.hidden && e.textContent;",
+            )
+            .await;
+        assert!(shown.as_str().is_some_and(|t| t.contains("token")), "unclear message: {shown}");
+
+        ana.open(&format!("{}/?room=vip&name=ana&token={token}", server.http_url())).await;
+        let id = ana.self_id().await;
+        assert!(!id.is_empty());
+        // The invite link the page offers carries the token along.
+        let invite = ana.eval("return document.querySelector('#invite').dataset.inviteUrl;").await;
+        let invite = invite.as_str().unwrap_or_default();
+        assert!(
+            invite.contains("room=vip")
+                && invite.contains(&format!("token={token}"))
+                && !invite.contains("name="),
+            "invite link {invite:?}"
+        );
+        ana.close().await;
+    });
+}
