@@ -5,6 +5,7 @@
 
 import { Signaling, describeClose, describeError } from "./signaling.js";
 import { PeerLink, MAX_LINE_BYTES } from "./peer.js";
+import { FileTransfers, enableDrop } from "./files.js";
 
 const $ = (selector) => document.querySelector(selector);
 const STATS_INTERVAL_MS = 1000;
@@ -34,6 +35,8 @@ const ui = {
   composer: $("#composer"),
   message: $("#message"),
   send: $("#send"),
+  file: $("#file"),
+  transfers: $("#transfers"),
   peerTemplate: $("#peer-template"),
   lineTemplate: $("#line-template"),
 };
@@ -60,6 +63,11 @@ class Session {
     this.signaling.addEventListener("state", (e) => this.onSignalingState(e.detail));
     this.signaling.addEventListener("closed", (e) => this.onClosed(e.detail));
     this.statsTimer = setInterval(() => this.refreshStats(), STATS_INTERVAL_MS);
+    this.files = new FileTransfers({
+      list: ui.transfers,
+      label: (id) => displayName(this.peers.get(id)?.link.name, id),
+      notice,
+    });
   }
 
   start() {
@@ -152,6 +160,7 @@ class Session {
     ui.peers.append(el);
     link.addEventListener("state", () => this.renderPeer(id));
     link.addEventListener("line", (e) => addLine(id, link.name, e.detail.text, false));
+    link.addEventListener("file-channel", (e) => this.files.accept(link, e.detail.channel));
     link.addEventListener("unsupported-channel", (e) =>
       notice(`${displayName(link.name, id)} opened a "${e.detail.label}" channel, which this page does not support yet.`),
     );
@@ -198,6 +207,10 @@ class Session {
     entry.el.remove();
     updatePeerCount();
     if (why === "left") notice(`${displayName(entry.link.name, id)} left.`);
+  }
+
+  sendFiles(files) {
+    this.files.sendFiles(files, [...this.peers.values()].map((entry) => entry.link));
   }
 
   sendLine(text) {
@@ -279,6 +292,7 @@ class Session {
   end() {
     this.signaling.abort();
     clearInterval(this.statsTimer);
+    this.files.clear();
     for (const id of [...this.peers.keys()]) this.removePeer(id, null);
   }
 }
@@ -383,6 +397,7 @@ function hideBanner() {
 function setComposerEnabled(enabled) {
   ui.message.disabled = !enabled;
   ui.send.disabled = !enabled;
+  ui.file.disabled = !enabled;
 }
 
 // ---- views ----------------------------------------------------------------------------------
@@ -490,6 +505,14 @@ ui.composer.addEventListener("submit", (event) => {
   ui.message.value = "";
   ui.message.focus();
 });
+
+// #file and drag-and-drop anywhere on the window send files to every connected peer.
+ui.file.addEventListener("change", () => {
+  const files = [...ui.file.files];
+  ui.file.value = ""; // choosing the same file again sends it again
+  if (session && files.length > 0) session.sendFiles(files);
+});
+enableDrop(window, (files) => session?.sendFiles(files));
 
 ui.invite.addEventListener("click", async () => {
   if (!session) return;

@@ -239,6 +239,7 @@ class Row {
     this.setState("done");
     this.bar.value = this.bar.max;
     const ms = performance.now() - this.started;
+    this.el.dataset.fileElapsedMs = String(Math.round(ms));
     this.status.textContent = `${formatBytes(this.size)} · ${formatRate(this.size, ms)} · ${text}`;
   }
 

@@ -34,6 +34,8 @@ export class PeerLink extends EventTarget {
     pc.ondatachannel = ({ channel }) => {
       if (channel.label === "chat" && !this.chat) {
         this.useChat(channel);
+      } else if (channel.label === "file") {
+        this.emit("file-channel", { channel }); // files.js takes it from here
       } else {
         // File channels (issue 8) are not handled by this page yet: closing at once tells the
         // sender that the transfer failed instead of leaving it waiting.
