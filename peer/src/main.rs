@@ -72,6 +72,10 @@ struct Args {
     /// wrong SHA-256, `truncate` closes the channel after half the bytes. Hidden from --help.
     #[arg(long, value_name = "HOW", hide = true)]
     test_corrupt_file: Option<Corruption>,
+    /// TESTING ONLY: announce NAME instead of the file's own name for the n-th --send-file
+    /// (repeatable), to test how receivers contain hostile names. Hidden from --help.
+    #[arg(long, value_name = "NAME", hide = true)]
+    test_file_name: Vec<String>,
 }
 
 fn parse_room(s: &str) -> Result<String, String> {
@@ -103,9 +107,14 @@ fn main() {
     // Hash the files to send before joining: a missing file is a bad flag, and every peer
     // then gets the same header without reading the file twice more.
     let mut outgoing = Vec::new();
-    for path in &args.send_file {
+    for (i, path) in args.send_file.iter().enumerate() {
         match Outgoing::prepare(path) {
-            Ok(file) => outgoing.push(Arc::new(file)),
+            Ok(mut file) => {
+                if let Some(claim) = args.test_file_name.get(i) {
+                    file.header.name = claim.clone();
+                }
+                outgoing.push(Arc::new(file));
+            }
             Err(e) => {
                 eprintln!("peer: --send-file: {e}");
                 std::process::exit(2);

@@ -1,0 +1,529 @@
+//! End-to-end: files over `file` data channels (PROTOCOL.md "Data channels", INTERFACES.md
+//! "Files") between real `peer` binaries and real Chromium pages, each test in its own
+//! loopback-only network namespace.
+//!
+//! What a user would notice: the file arrives with the same SHA-256, a broken transfer is
+//! reported failed on both sides and leaves nothing behind, a hostile name cannot put a file
+//! outside the receive directory, and a 50 MB file does not make either side hold 50 MB.
+//! Measured figures (throughput, peak RSS) are printed as `measured:` lines, never asserted
+//! against a time.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fantoccini::Locator;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tests::browser::{Browser, start_server_with_page};
+use tests::{Peer, Server, isolated, isolated_with_timeout};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+/// The size of the large transfers (issue 8: "50 MB").
+const BIG: u64 = 50 * MIB;
+/// Deadline for a 50 MB transfer in a debug build on a busy 2-core machine: "never happens",
+/// not a performance bound.
+const BIG_DEADLINE: Duration = Duration::from_secs(240);
+
+/// A directory of its own under the system temp dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(label: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-files-{label}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `size` random bytes to `path` and returns their SHA-256 (hex).
+fn write_random(path: &Path, size: u64) -> String {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    }
+    let mut random = std::fs::File::open("/dev/urandom")
+        .unwrap_or_else(|e| panic!("cannot open /dev/urandom: {e}"))
+        .take(size);
+    let mut out =
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+    let copied = std::io::copy(&mut random, &mut out)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    assert_eq!(copied, size, "short write to {}", path.display());
+    sha256_of(path)
+}
+
+fn sha256_of(path: &Path) -> String {
+    let mut file =
+        std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Names in `dir` (hidden ones included), sorted; empty when it does not exist.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|it| it.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
+}
+
+fn is(event: &Value, name: &str) -> bool {
+    event["event"] == name
+}
+
+/// Mounts a `/proc` of the test's own PID namespace. The namespace harness gives each test its
+/// own PID and mount namespaces but leaves the host's `/proc`, where the peers' PIDs name other
+/// processes. The mount is private to this test's mount namespace.
+fn mount_own_proc() {
+    let status = std::process::Command::new("mount").args(["-t", "proc", "proc", "/proc"]).status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => panic!("cannot mount /proc for this PID namespace (needed to read peak RSS): {other:?}"),
+    }
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmHWM` is the peak resident set, `VmRSS` the current).
+fn proc_kib(pid: Option<u32>, field: &str) -> u64 {
+    let pid = pid.unwrap_or_else(|| panic!("the process has exited; cannot read its {field}"));
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-6)
+}
+
+/// Several files at once, of the sizes that hit the edges (nothing, one byte, exactly one
+/// chunk) and one of many chunks: each arrives with the sender's SHA-256, under its own name,
+/// and nothing else is left in the receive dir.
+#[test]
+fn rust_to_rust_files_of_every_size_arrive_with_the_same_sha256() {
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("r2r");
+        let files = [("empty.bin", 0), ("one.bin", 1), ("exact.bin", 16 * KIB), ("random.bin", 3 * MIB + 7)];
+        let shas: Vec<String> = files
+            .iter()
+            .map(|(name, size)| write_random(&scratch.join(&format!("out/{name}")), *size))
+            .collect();
+        let inbox = scratch.join("inbox");
+
+        let mut bob = Peer::spawn(
+            &server,
+            &["--name", "bob", "--receive-dir", path_str(&inbox), "--expect-files", "4"],
+        )
+        .await;
+        let bob_id = bob.joined().await;
+        let paths: Vec<PathBuf> =
+            files.iter().map(|(name, _)| scratch.join(&format!("out/{name}"))).collect();
+        let mut args = vec!["--name", "ana"];
+        for path in &paths {
+            args.extend(["--send-file", path_str(path)]);
+        }
+        let mut ana = Peer::spawn(&server, &args).await;
+        let ana_id = ana.joined().await;
+
+        let received = bob.wait_for_count("file_received", files.len(), |e| is(e, "file_received")).await;
+        for ((name, size), sha) in files.iter().zip(&shas) {
+            let event = received
+                .iter()
+                .find(|e| e["name"] == *name)
+                .unwrap_or_else(|| panic!("no file_received for {name}: {received:?}"));
+            assert_eq!(event["from"], ana_id.as_str(), "{event}");
+            assert_eq!(event["size"], *size, "{event}");
+            assert_eq!(event["sha256"], sha.as_str(), "announced hash of {name}");
+            let stored = PathBuf::from(event["path"].as_str().unwrap_or_default());
+            assert_eq!(stored, inbox.join(name), "{event}");
+            assert_eq!(&sha256_of(&stored), sha, "the stored {name} hashes like the original");
+        }
+        let sent = ana.wait_for_count("file_sent", files.len(), |e| is(e, "file_sent")).await;
+        for event in &sent {
+            assert_eq!(event["ok"], true, "{event}");
+            assert_eq!(event["to"], bob_id.as_str(), "{event}");
+        }
+        assert_eq!(bob.wait_exit().await, Some(0), "bob exits 0 once --expect-files is reached");
+        let names: Vec<String> =
+            files.iter().map(|(n, _)| n.to_string()).collect::<BTreeSet<_>>().into_iter().collect();
+        assert_eq!(entries(&inbox), names, "exactly the received files, no temporary file left");
+        bob.assert_none("file_failed", |e| is(e, "file_failed"));
+    });
+}
+
+/// 50 MB Rust → Rust: the bytes arrive intact and neither process holds the file in memory.
+/// Peak RSS (VmHWM) and throughput are printed for docs/benchmarks.md.
+#[test]
+fn a_50_mb_file_rust_to_rust_keeps_memory_bounded() {
+    isolated_with_timeout(Duration::from_secs(600), || async {
+        mount_own_proc();
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("big");
+        let source = scratch.join("big.bin");
+        let sha = write_random(&source, BIG);
+        let inbox = scratch.join("inbox");
+
+        let mut bob = Peer::spawn(&server, &["--name", "bob", "--receive-dir", path_str(&inbox)]).await;
+        let bob_id = bob.joined().await;
+        let mut ana = Peer::spawn(&server, &["--name", "ana", "--send-file", path_str(&source)]).await;
+        let ana_id = ana.joined().await;
+        bob.wait_for("channel_open to ana", |e| is(e, "channel_open") && e["peer"] == ana_id.as_str()).await;
+        ana.wait_for("channel_open to bob", |e| is(e, "channel_open") && e["peer"] == bob_id.as_str()).await;
+        // Peaks so far (start-up, hashing the file in 64 KiB reads, connecting).
+        let (ana_before, bob_before) = (proc_kib(ana.pid(), "VmHWM"), proc_kib(bob.pid(), "VmHWM"));
+        let started = Instant::now();
+
+        let received = bob.wait_for_within(BIG_DEADLINE, "file_received", |e| is(e, "file_received")).await;
+        let elapsed = started.elapsed();
+        let sent = ana.wait_for_within(BIG_DEADLINE, "file_sent", |e| is(e, "file_sent")).await;
+        let (ana_peak, bob_peak) = (proc_kib(ana.pid(), "VmHWM"), proc_kib(bob.pid(), "VmHWM"));
+        eprintln!(
+            "measured: 50 MiB Rust -> Rust (debug build) in {elapsed:.2?}: {:.1} MB/s; peak RSS sender {} KiB \
+             (before the transfer {ana_before} KiB), receiver {} KiB (before {bob_before} KiB)",
+            mb_per_s(BIG, elapsed),
+            ana_peak,
+            bob_peak
+        );
+        assert_eq!(sent["ok"], true, "{sent}");
+        assert_eq!(received["sha256"], sha.as_str(), "{received}");
+        assert_eq!(sha256_of(&inbox.join("big.bin")), sha, "the stored file hashes like the original");
+        // Bounded: what each side gained during the transfer is a small fraction of the file
+        // (the send window is 1 MiB; the receiver writes each chunk as it comes).
+        let limit_kib = BIG / KIB / 5;
+        assert!(
+            ana_peak.saturating_sub(ana_before) < limit_kib,
+            "the sender's peak RSS grew by {} KiB during a {} KiB transfer",
+            ana_peak.saturating_sub(ana_before),
+            BIG / KIB
+        );
+        assert!(
+            bob_peak.saturating_sub(bob_before) < limit_kib,
+            "the receiver's peak RSS grew by {} KiB during a {} KiB transfer",
+            bob_peak.saturating_sub(bob_before),
+            BIG / KIB
+        );
+        assert!(ana_peak < BIG / KIB / 2 && bob_peak < BIG / KIB / 2, "peak RSS {ana_peak} / {bob_peak} KiB");
+    });
+}
+
+/// A sender that announces a wrong SHA-256 (`--test-corrupt-file hash`): the receiver refuses
+/// the file, both sides say it failed, and nothing is left in the receive dir.
+#[test]
+fn a_file_with_a_wrong_hash_fails_on_both_sides_and_leaves_nothing() {
+    broken_transfer_fails_on_both_sides("hash", "SHA-256 mismatch");
+}
+
+/// A sender that closes the channel after half the bytes (`--test-corrupt-file truncate`).
+#[test]
+fn a_truncated_transfer_fails_on_both_sides_and_leaves_nothing() {
+    broken_transfer_fails_on_both_sides("truncate", "closed");
+}
+
+fn broken_transfer_fails_on_both_sides(how: &'static str, receiver_error: &'static str) {
+    isolated(|| async move {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new(how);
+        let source = scratch.join("victim.bin");
+        write_random(&source, 2 * MIB);
+        let inbox = scratch.join("inbox");
+
+        let mut bob = Peer::spawn(&server, &["--name", "bob", "--receive-dir", path_str(&inbox)]).await;
+        let bob_id = bob.joined().await;
+        let mut ana = Peer::spawn(
+            &server,
+            &["--name", "ana", "--send-file", path_str(&source), "--test-corrupt-file", how],
+        )
+        .await;
+        let ana_id = ana.joined().await;
+
+        let failed = bob.wait_event("file_failed").await;
+        assert_eq!(failed["from"], ana_id.as_str(), "{failed}");
+        assert_eq!(failed["name"], "victim.bin", "{failed}");
+        let error = failed["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(receiver_error),
+            "receiver's error {error:?} should mention {receiver_error:?}"
+        );
+        let sent = ana.wait_event("file_sent").await;
+        assert_eq!(sent["to"], bob_id.as_str(), "{sent}");
+        assert_eq!(sent["ok"], false, "the sender reports the failure: {sent}");
+        assert!(sent["error"].as_str().is_some_and(|e| !e.is_empty()), "with a reason: {sent}");
+
+        bob.assert_none("file_received", |e| is(e, "file_received"));
+        assert_eq!(entries(&inbox), Vec::<String>::new(), "nothing of the file is left in the receive dir");
+    });
+}
+
+/// Names a sender may claim to escape the receive dir: each file lands inside it, under its
+/// last path component, and nothing is written anywhere else.
+#[test]
+fn hostile_names_are_contained_in_the_receive_dir() {
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("names");
+        let inbox = scratch.join("a/inbox");
+        let absolute = scratch.join("absolute.txt");
+        let claims = [
+            "../../escape.txt".to_string(),
+            path_str(&absolute).to_string(),
+            String::new(),
+            "..".to_string(),
+            ".".to_string(),
+            "sub/../../../up.txt".to_string(),
+            "..\\..\\windows.txt".to_string(),
+        ];
+        let mut args = vec!["--name".to_string(), "mallory".to_string()];
+        for (i, claim) in claims.iter().enumerate() {
+            let path = scratch.join(&format!("src/{i}.bin"));
+            write_random(&path, 100 + i as u64);
+            args.extend([
+                "--send-file".into(),
+                path_str(&path).to_string(),
+                "--test-file-name".into(),
+                claim.clone(),
+            ]);
+        }
+        let mut bob = Peer::spawn(
+            &server,
+            &["--name", "bob", "--receive-dir", path_str(&inbox), "--expect-files", "7"],
+        )
+        .await;
+        bob.joined().await;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut mallory = Peer::spawn(&server, &args).await;
+        mallory.joined().await;
+
+        let received = bob.wait_for_count("file_received", claims.len(), |e| is(e, "file_received")).await;
+        for event in &received {
+            let path = PathBuf::from(event["path"].as_str().unwrap_or_default());
+            assert_eq!(path.parent(), Some(inbox.as_path()), "stored inside the receive dir: {event}");
+        }
+        assert_eq!(bob.wait_exit().await, Some(0));
+        let expected: Vec<String> =
+            ["absolute.txt", "escape.txt", "file", "file (1)", "file (2)", "up.txt", "windows.txt"]
+                .map(String::from)
+                .to_vec();
+        assert_eq!(entries(&inbox), expected);
+        assert_eq!(
+            entries(&scratch.0),
+            vec!["a".to_string(), "src".to_string()],
+            "nothing written next to it"
+        );
+        assert_eq!(entries(&scratch.join("a")), vec!["inbox".to_string()], "nothing written above it");
+    });
+}
+
+// ---- with the page ----------------------------------------------------------------------------
+
+/// Chooses `paths` in the page's `#file` input (as a person picking files would).
+async fn choose_files(browser: &Browser, paths: &[&Path]) {
+    browser.wait_for_css("#file input", "#file").await;
+    let list = paths.iter().map(|p| path_str(p)).collect::<Vec<_>>().join("\n");
+    let result = async { browser.client().find(Locator::Css("#file")).await?.send_keys(&list).await }.await;
+    if let Err(e) = result {
+        panic!("cannot choose {list} in #file: {e}");
+    }
+}
+
+/// Waits for the transfer row of `name` in `direction` to reach `state`; returns its
+/// `data-file-sha256` (empty when it has none) and its download link's `download` name.
+async fn wait_row(browser: &Browser, name: &str, direction: &str, state: &str) -> (String, String, Value) {
+    let script = format!(
+        r#"const row = [...document.querySelectorAll('[data-file-name]')].find(e =>
+             e.dataset.fileName === {name} && e.dataset.fileDirection === {direction} &&
+             e.dataset.fileState === {state});
+           if (!row) return null;
+           const a = row.querySelector('a[download]');
+           return {{ sha: row.dataset.fileSha256 || '', download: a ? a.download : '',
+                    ms: Number(row.dataset.fileElapsedMs || 0),
+                    progress: !!row.querySelector('progress') }};"#,
+        name = serde_json::json!(name),
+        direction = serde_json::json!(direction),
+        state = serde_json::json!(state),
+    );
+    let row = browser.wait_until(&format!("{direction} row of {name} in state {state}"), &script).await;
+    assert_eq!(row["progress"], true, "the row has a progress bar: {row}");
+    (
+        row["sha"].as_str().unwrap_or_default().to_string(),
+        row["download"].as_str().unwrap_or_default().to_string(),
+        row,
+    )
+}
+
+/// Rust → browser: the page shows the file as received, with the sender's SHA-256 and a
+/// download link under its name.
+#[test]
+fn rust_to_browser_files_arrive_with_the_same_sha256() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let scratch = Scratch::new("r2b");
+        let files = [("photo.jpg", 3 * MIB + 5), ("exact.bin", 16 * KIB), ("empty.txt", 0)];
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "files", "ana").await;
+        let mut args =
+            vec!["--room".to_string(), "files".to_string(), "--name".to_string(), "rusty".to_string()];
+        let mut shas = Vec::new();
+        for (name, size) in files {
+            let path = scratch.join(name);
+            shas.push(write_random(&path, size));
+            args.extend(["--send-file".to_string(), path_str(&path).to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut rusty = Peer::spawn(&server, &args).await;
+        rusty.joined().await;
+
+        for ((name, _), sha) in files.iter().zip(&shas) {
+            let (shown, download, _) = wait_row(&ana, name, "in", "done").await;
+            assert_eq!(&shown, sha, "the page's data-file-sha256 of {name}");
+            assert_eq!(download, *name, "a download link named {name}");
+        }
+        let sent = rusty.wait_for_count("file_sent", files.len(), |e| is(e, "file_sent")).await;
+        for event in &sent {
+            assert_eq!(event["ok"], true, "the page verified it: {event}");
+            assert_eq!(event["to"], ana_id.as_str());
+        }
+        ana.close().await;
+    });
+}
+
+/// A Rust sender that lies about the hash: the page shows the transfer as failed and offers
+/// no download; the sender hears the refusal.
+#[test]
+fn the_page_shows_a_hash_mismatch_as_failed() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let scratch = Scratch::new("r2b-bad");
+        let path = scratch.join("liar.bin");
+        write_random(&path, 100 * KIB);
+        let ana = Browser::start("ana").await;
+        ana.join(&server, "files", "ana").await;
+        let mut rusty = Peer::spawn(
+            &server,
+            &[
+                "--room",
+                "files",
+                "--name",
+                "rusty",
+                "--send-file",
+                path_str(&path),
+                "--test-corrupt-file",
+                "hash",
+            ],
+        )
+        .await;
+        rusty.joined().await;
+        let (_, download, _) = wait_row(&ana, "liar.bin", "in", "failed").await;
+        assert_eq!(download, "", "no download link for a file that failed verification");
+        let sent = rusty.wait_event("file_sent").await;
+        assert_eq!(sent["ok"], false, "{sent}");
+        ana.close().await;
+    });
+}
+
+/// Browser → Rust, 50 MB through `#file`: the Rust peer stores it with the same SHA-256.
+/// Throughput is printed for docs/benchmarks.md.
+#[test]
+fn browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256() {
+    isolated_with_timeout(Duration::from_secs(600), || async {
+        let server = start_server_with_page(&[]).await;
+        let scratch = Scratch::new("b2r");
+        let source = scratch.join("upload.bin");
+        let sha = write_random(&source, BIG);
+        let small = scratch.join("tiny.txt");
+        let small_sha = write_random(&small, 1);
+        let inbox = scratch.join("inbox");
+        let mut rusty = Peer::spawn(
+            &server,
+            &["--room", "files", "--name", "rusty", "--receive-dir", path_str(&inbox), "--expect-files", "2"],
+        )
+        .await;
+        let rusty_id = rusty.joined().await;
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "files", "ana").await;
+        ana.wait_connected(&rusty_id).await;
+
+        let started = Instant::now();
+        choose_files(&ana, &[&source, &small]).await;
+        let received =
+            rusty.wait_for_count_within(BIG_DEADLINE, "file_received", 2, |e| is(e, "file_received")).await;
+        let elapsed = started.elapsed();
+        for (name, sha) in [("upload.bin", &sha), ("tiny.txt", &small_sha)] {
+            let event =
+                received.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name}: {received:?}"));
+            assert_eq!(event["from"], ana_id.as_str());
+            assert_eq!(event["sha256"], sha.as_str(), "{event}");
+            assert_eq!(&sha256_of(&inbox.join(name)), sha);
+        }
+        let (shown, _, row) = wait_row(&ana, "upload.bin", "out", "done").await;
+        assert_eq!(shown, sha, "the page computed the same SHA-256");
+        let transfer_ms = row["ms"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "measured: 50 MiB browser -> Rust: {:.1} MB/s on the wire (transfer {transfer_ms:.0} ms, page's \
+             data-file-elapsed-ms); {:.1} MB/s end to end including hashing in the page ({elapsed:.2?})",
+            BIG as f64 / 1e3 / transfer_ms.max(1.0),
+            mb_per_s(BIG, elapsed)
+        );
+        assert_eq!(rusty.wait_exit().await, Some(0));
+        ana.close().await;
+    });
+}
+
+/// Browser → browser through `#file`: the receiving page shows the same SHA-256 and a link.
+#[test]
+fn browser_to_browser_a_file_arrives_with_the_same_sha256() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let scratch = Scratch::new("b2b");
+        let source = scratch.join("notes.pdf");
+        let sha = write_random(&source, 2 * MIB + 3);
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "files", "ana").await;
+        let bob = Browser::start("bob").await;
+        let bob_id = bob.join(&server, "files", "bob").await;
+        ana.wait_connected(&bob_id).await;
+        bob.wait_connected(&ana_id).await;
+
+        choose_files(&ana, &[&source]).await;
+        let (shown, download, _) = wait_row(&bob, "notes.pdf", "in", "done").await;
+        assert_eq!(shown, sha, "bob's page shows the sender's SHA-256");
+        assert_eq!(download, "notes.pdf");
+        let (sent_sha, _, _) = wait_row(&ana, "notes.pdf", "out", "done").await;
+        assert_eq!(sent_sha, sha);
+        ana.close().await;
+        bob.close().await;
+    });
+}
