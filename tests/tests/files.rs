@@ -125,6 +125,14 @@ fn proc_kib(pid: Option<u32>, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// Which peer binaries ran, for the measured lines.
+fn binaries() -> String {
+    match std::env::var("SWITCHBOARD_BIN_DIR") {
+        Ok(dir) => format!("from {dir}"),
+        Err(_) => "debug".to_string(),
+    }
+}
+
 fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-6)
 }
@@ -212,10 +220,11 @@ fn a_50_mb_file_rust_to_rust_keeps_memory_bounded() {
         let sent = ana.wait_for_within(BIG_DEADLINE, "file_sent", |e| is(e, "file_sent")).await;
         let (ana_peak, bob_peak) = (proc_kib(ana.pid(), "VmHWM"), proc_kib(bob.pid(), "VmHWM"));
         eprintln!(
-            "measured: 50 MiB Rust -> Rust (debug build) in {elapsed:.2?}: {:.1} MB/s; peak RSS sender {} KiB \
+            "measured: 50 MiB Rust -> Rust ({build} binaries) in {elapsed:.2?}: {:.1} MB/s; peak RSS sender {} KiB \
              (before the transfer {ana_before} KiB), receiver {} KiB (before {bob_before} KiB)",
             mb_per_s(BIG, elapsed),
             ana_peak,
+            build = binaries(),
             bob_peak
         );
         assert_eq!(sent["ok"], true, "{sent}");
@@ -492,8 +501,9 @@ fn browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256() {
         assert_eq!(shown, sha, "the page computed the same SHA-256");
         let transfer_ms = row["ms"].as_f64().unwrap_or(0.0);
         eprintln!(
-            "measured: 50 MiB browser -> Rust: {:.1} MB/s on the wire (transfer {transfer_ms:.0} ms, page's \
+            "measured: 50 MiB browser -> Rust ({} peer): {:.1} MB/s on the wire (transfer {transfer_ms:.0} ms, page's \
              data-file-elapsed-ms); {:.1} MB/s end to end including hashing in the page ({elapsed:.2?})",
+            binaries(),
             BIG as f64 / 1e3 / transfer_ms.max(1.0),
             mb_per_s(BIG, elapsed)
         );
