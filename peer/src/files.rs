@@ -506,7 +506,7 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
                     Ok(Step::Done(file)) => {
                         answer(&remote, channel.as_ref(), &Answer { ok: true, error: None }).await;
                         let elapsed = started.elapsed();
-                        tracing::info!(peer = %remote, "received {} ({} bytes) into {}", file.name, file.size, file.path.display());
+                        tracing::debug!(peer = %remote, "received {} ({} bytes) into {}", file.name, file.size, file.path.display());
                         reporter
                             .emit(FileEvent::Received { peer: remote.clone(), transfer, file, elapsed })
                             .await;
@@ -626,7 +626,7 @@ pub async fn send(
     };
     let error = result.err().map(|e| e.to_string());
     match &error {
-        None => tracing::info!(peer = %remote, "sent {name} ({size} bytes)"),
+        None => tracing::debug!(peer = %remote, "sent {name} ({size} bytes)"),
         Some(e) => tracing::warn!(peer = %remote, "sending {name} failed: {e}"),
     }
     reporter

@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::*;
 
@@ -287,4 +288,66 @@ fn suffixes_go_before_the_extension() {
     assert_eq!(candidate_name("a.tar.gz", 2), "a.tar (2).gz");
     assert_eq!(candidate_name("noext", 1), "noext (1)");
     assert_eq!(candidate_name("a.txt", 0), "a.txt");
+}
+
+#[test]
+fn json_events_have_the_interface_shapes() {
+    let file =
+        Received { name: "a.txt".into(), size: 3, sha256: "ab".repeat(32), path: PathBuf::from("/r/a.txt") };
+    let received =
+        FileEvent::Received { peer: "p1".into(), transfer: 1, file, elapsed: Duration::from_secs(1) };
+    assert_eq!(
+        json_event(&received),
+        Some(
+            serde_json::json!({"event":"file_received","from":"p1","name":"a.txt","size":3,"sha256":"ab".repeat(32),"path":"/r/a.txt"})
+        )
+    );
+    let sent = FileEvent::Sent {
+        peer: "p2".into(),
+        transfer: 2,
+        name: "b".into(),
+        size: 9,
+        error: None,
+        elapsed: Duration::ZERO,
+    };
+    assert_eq!(
+        json_event(&sent),
+        Some(serde_json::json!({"event":"file_sent","to":"p2","name":"b","size":9,"ok":true}))
+    );
+    let refused = FileEvent::Sent {
+        peer: "p2".into(),
+        transfer: 3,
+        name: "b".into(),
+        size: 9,
+        error: Some("no".into()),
+        elapsed: Duration::ZERO,
+    };
+    assert_eq!(
+        json_event(&refused),
+        Some(serde_json::json!({"event":"file_sent","to":"p2","name":"b","size":9,"ok":false,"error":"no"}))
+    );
+    let failed = FileEvent::Failed { peer: "p3".into(), transfer: 4, name: "c".into(), error: "bad".into() };
+    assert_eq!(
+        json_event(&failed),
+        Some(serde_json::json!({"event":"file_failed","from":"p3","name":"c","error":"bad"}))
+    );
+    assert_eq!(
+        json_event(&FileEvent::Progress { transfer: 1, bytes: 5 }),
+        None,
+        "progress is not a JSON event"
+    );
+}
+
+#[test]
+fn human_lines_show_the_rate() {
+    let sent = FileEvent::Sent {
+        peer: "p2".into(),
+        transfer: 2,
+        name: "b.bin".into(),
+        size: 10 * 1024 * 1024,
+        error: None,
+        elapsed: Duration::from_secs(2),
+    };
+    let line = human_line(&sent, "bob (p2)", None).unwrap_or_default();
+    assert_eq!(line, "* sent b.bin (10.00 MiB) to bob (p2) in 2.0 s, 5.00 MiB/s; verified by the receiver");
 }
