@@ -224,8 +224,8 @@ fn a_50_mb_file_rust_to_rust_keeps_memory_bounded() {
              (before the transfer {ana_before} KiB), receiver {} KiB (before {bob_before} KiB)",
             mb_per_s(BIG, elapsed),
             ana_peak,
+            bob_peak,
             build = binaries(),
-            bob_peak
         );
         assert_eq!(sent["ok"], true, "{sent}");
         assert_eq!(received["sha256"], sha.as_str(), "{received}");
