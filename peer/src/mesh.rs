@@ -72,8 +72,10 @@ struct Mesh<'a> {
     file_tx: files::FileEvents,
     file_rx: mpsc::Receiver<FileEvent>,
     files_received: usize,
-    /// Outgoing transfers, waited for on exit.
+    /// Outgoing transfers, waited for on exit unless interrupted.
     sends: TaskTracker,
+    /// Ctrl-C / SIGTERM: stop, without waiting for files still being sent.
+    interrupted: bool,
     emit: &'a mut dyn FnMut(Event),
 }
 
@@ -108,6 +110,7 @@ where
         file_rx,
         files_received: 0,
         sends: TaskTracker::new(),
+        interrupted: false,
         emit,
     };
     let mut stdin_open = true;
@@ -130,7 +133,10 @@ where
                     if mesh.options.expect.is_none() && mesh.options.files.expect.is_none() { break Outcome::Done }
                 }
             },
-            _ = &mut shutdown => break Outcome::Done,
+            _ = &mut shutdown => {
+                mesh.interrupted = true;
+                break Outcome::Done;
+            }
             _ = &mut timeout => break Outcome::Failed("timed out".into()),
         }
     };
@@ -329,10 +335,11 @@ impl Mesh<'_> {
             && files.is_none_or(|n| self.files_received >= n)
     }
 
-    /// Lets outgoing files finish (bounded), still reporting their outcome.
+    /// Lets outgoing files finish (bounded), still reporting their outcome. After Ctrl-C they
+    /// are abandoned: closing the links fails them on both sides, and receivers keep nothing.
     async fn finish_sends(&mut self) {
         self.sends.close();
-        if self.sends.is_empty() {
+        if self.sends.is_empty() || self.interrupted {
             return;
         }
         let sends = self.sends.clone();

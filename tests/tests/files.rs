@@ -297,6 +297,43 @@ fn broken_transfer_fails_on_both_sides(how: &'static str, receiver_error: &'stat
     });
 }
 
+/// A sender stopped with SIGTERM (Ctrl-C) in the middle of a file: the receiver reports the
+/// transfer failed and removes the partial file.
+#[test]
+fn a_sender_stopped_mid_file_leaves_nothing_behind() {
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("stopped");
+        let source = scratch.join("long.bin");
+        write_random(&source, 4 * BIG);
+        let inbox = scratch.join("inbox");
+        let mut bob = Peer::spawn(&server, &["--name", "bob", "--receive-dir", path_str(&inbox)]).await;
+        bob.joined().await;
+        let mut ana = Peer::spawn(&server, &["--name", "ana", "--send-file", path_str(&source)]).await;
+        let ana_id = ana.joined().await;
+
+        // Wait until part of the file is on bob's disk (under its temporary name), then stop ana.
+        let give_up = Instant::now() + tests::DEFAULT_DEADLINE;
+        loop {
+            let written: u64 = std::fs::read_dir(&inbox)
+                .map(|it| it.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+                .unwrap_or(0);
+            if written > MIB {
+                break;
+            }
+            assert!(Instant::now() < give_up, "no part of the file reached bob's receive dir");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ana.terminate();
+        let failed = bob.wait_event("file_failed").await;
+        assert_eq!(failed["from"], ana_id.as_str(), "{failed}");
+        assert_eq!(failed["name"], "long.bin", "{failed}");
+        assert_eq!(ana.wait_exit().await, Some(0), "Ctrl-C is a clean exit");
+        bob.assert_none("file_received", |e| is(e, "file_received"));
+        assert_eq!(entries(&inbox), Vec::<String>::new(), "the partial file is gone");
+    });
+}
+
 /// Names a sender may claim to escape the receive dir: each file lands inside it, under its
 /// last path component, and nothing is written anywhere else.
 #[test]
