@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of Switchboard on a fresh Debian machine (as root): installs what the tests
 # need (Chromium and ChromeDriver for the browser tests, iproute2 for the per-test network
-# namespaces), builds once, checks formatting and lints, then runs the whole test suite.
+# namespaces, openssl for the TLS test's certificate), builds once, checks formatting and lints, then runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,7 @@ command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need_packages+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need_packages[*]}; run as root (or install them) to run the e2e tests" >&2

@@ -216,17 +216,37 @@ fn bad_flags_exit_2_with_a_message() {
 async fn tls_serves_https_and_wss() {
     let dir = std::env::temp_dir().join(format!("switchboard-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("self-signed cert");
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, certified.cert.pem()).expect("cert written");
-    std::fs::write(&key_path, certified.signing_key.serialize_pem()).expect("key written");
+    // A self-signed certificate made at run time, by the openssl command line tool.
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key_path)
+        .arg("-out")
+        .arg(&cert_path)
+        .output()
+        .expect("the openssl command runs (Debian package openssl)");
+    assert!(made.status.success(), "openssl failed: {}", String::from_utf8_lossy(&made.stderr));
 
     let server = ServerProcess::start_with_scheme(
         &["--tls-cert", cert_path.to_str().expect("utf-8"), "--tls-key", key_path.to_str().expect("utf-8")],
         "https",
     );
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).expect("our cert is a valid root");
+    roots.add(CertificateDer::from_pem_file(&cert_path).expect("PEM")).expect("our cert is a valid root");
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -30,7 +30,8 @@ pub fn bin_path(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// Builds `server` and `peer` with the test executable's profile, once per process.
+/// Builds `server` and `peer` (with the rest of the workspace, see `build`) with the test
+/// executable's profile, once per process.
 ///
 /// Panics with cargo's verdict when the build fails: a test cannot run on stale binaries.
 pub fn ensure_built() {
@@ -54,16 +55,21 @@ fn build() -> Result<(), String> {
     let profile = if profile == "debug" { "dev" } else { profile };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().ok_or("tests/ has no parent")?;
+    // The whole workspace with all targets, not just `-p server -p peer`: cargo unifies
+    // dependency features over the packages and targets of one invocation, so a narrower build
+    // than `cargo test --workspace` resolves features differently and rebuilds webrtc-rs,
+    // rustls and hyper every time the two alternate. This way the build is a no-op after
+    // `cargo test --workspace` (or scripts/test.sh).
     let status = Command::new(&cargo)
         .current_dir(workspace)
-        .args(["build", "--quiet", "-p", "server", "-p", "peer", "--profile", profile, "--target-dir"])
+        .args(["build", "--quiet", "--workspace", "--all-targets", "--profile", profile, "--target-dir"])
         .arg(target_dir)
         .status()
         .map_err(|e| {
             format!("cannot run cargo ({}) to build server and peer: {e}", cargo.to_string_lossy())
         })?;
     if !status.success() {
-        return Err(format!("`cargo build -p server -p peer --profile {profile}` failed ({status})"));
+        return Err(format!("`cargo build --workspace --all-targets --profile {profile}` failed ({status})"));
     }
     Ok(())
 }

@@ -86,8 +86,12 @@ fn network_interfaces() -> Vec<String> {
     // namespace that mounted sysfs (the host's, since `unshare --net` does not remount it).
     let table =
         std::fs::read_to_string("/proc/net/dev").unwrap_or_else(|e| panic!("cannot read /proc/net/dev: {e}"));
-    let mut names: Vec<String> =
-        table.lines().skip(2).filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim().to_string()).collect();
+    let mut names: Vec<String> = table
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, _)| name.trim().to_string())
+        .collect();
     names.sort();
     names
 }
