@@ -549,6 +549,44 @@ fn browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256() {
     });
 }
 
+/// Files dropped onto the window are sent like chosen ones (a drop event with a DataTransfer,
+/// as the browser fires it when a person drops files from their file manager).
+#[test]
+fn files_dropped_on_the_page_reach_a_rust_peer() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let scratch = Scratch::new("drop");
+        let inbox = scratch.join("inbox");
+        let mut rusty = Peer::spawn(
+            &server,
+            &["--room", "files", "--name", "rusty", "--receive-dir", path_str(&inbox), "--expect-files", "1"],
+        )
+        .await;
+        let rusty_id = rusty.joined().await;
+        let ana = Browser::start("ana").await;
+        ana.join(&server, "files", "ana").await;
+        ana.wait_connected(&rusty_id).await;
+
+        ana.eval(
+            r#"const dt = new DataTransfer();
+               dt.items.add(new File(["dropped on the window\n"], "dropped.txt", { type: "text/plain" }));
+               for (const type of ["dragenter", "dragover", "drop"]) {
+                 window.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+               }
+               return true;"#,
+        )
+        .await;
+        let received = rusty.wait_event("file_received").await;
+        let expected = hex::encode(Sha256::digest(b"dropped on the window\n"));
+        assert_eq!(received["name"], "dropped.txt", "{received}");
+        assert_eq!(received["sha256"], expected.as_str(), "{received}");
+        assert_eq!(std::fs::read(inbox.join("dropped.txt")).ok(), Some(b"dropped on the window\n".to_vec()));
+        wait_row(&ana, "dropped.txt", "out", "done").await;
+        assert_eq!(rusty.wait_exit().await, Some(0));
+        ana.close().await;
+    });
+}
+
 /// Browser → browser through `#file`: the receiving page shows the same SHA-256 and a link.
 #[test]
 fn browser_to_browser_a_file_arrives_with_the_same_sha256() {
