@@ -24,7 +24,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -54,6 +54,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// How long the receiver waits for its answer to be acknowledged before reporting the file:
 /// a peer that exits on `--expect-files` must not close the connection under its own answer.
 const ANSWER_ACK_DEADLINE: Duration = Duration::from_secs(5);
+/// Incoming transfers at once, from all peers together. Each holds an open file and a write
+/// buffer; a peer opening thousands of `file` channels gets refusals, not our file descriptors.
+pub const MAX_INCOMING: usize = 64;
 /// Prefix of temporary files in the receive directory. Hidden, and never a sanitized name
 /// (those never start with a dot), so a received file cannot be mistaken for one.
 const TEMP_PREFIX: &str = ".switchboard-";
@@ -471,8 +474,35 @@ impl Reporter {
     }
 }
 
+/// Counts a running incoming transfer while it lives.
+struct IncomingSlot;
+
+static INCOMING: AtomicUsize = AtomicUsize::new(0);
+
+impl IncomingSlot {
+    fn take() -> Option<IncomingSlot> {
+        let before = INCOMING.fetch_add(1, Ordering::SeqCst);
+        if before >= MAX_INCOMING {
+            INCOMING.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(IncomingSlot)
+    }
+}
+
+impl Drop for IncomingSlot {
+    fn drop(&mut self) {
+        INCOMING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Receives one transfer on a `file` channel opened by `remote`, until the channel closes.
 pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox) {
+    let Some(_slot) = IncomingSlot::take() else {
+        tracing::warn!(peer = %remote, "refusing a file: {MAX_INCOMING} transfers are already coming in");
+        refuse_busy(channel.as_ref()).await;
+        return;
+    };
     let transfer = next_transfer_id();
     let mut reporter = Reporter::new(inbox.events.clone(), transfer);
     let mut incoming = Incoming::new(&inbox.dir);
@@ -537,6 +567,23 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
         tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
         reporter.emit(FileEvent::Failed { peer: remote, transfer, name: claimed, error }).await;
     }
+}
+
+/// Answers a transfer we cannot take now, once its header arrived, and closes the channel.
+async fn refuse_busy(channel: &dyn DataChannel) {
+    let busy =
+        Answer { ok: false, error: Some(format!("the receiver is busy ({MAX_INCOMING} transfers at once)")) };
+    while let Some(event) = channel.poll().await {
+        match event {
+            DataChannelEvent::OnMessage(_) => {
+                let _ = channel.send_text(&busy.to_json()).await;
+                break;
+            }
+            DataChannelEvent::OnClose => return,
+            _ => {}
+        }
+    }
+    let _ = channel.close().await;
 }
 
 /// Sends the answer and waits (bounded) until the remote acknowledged it.
