@@ -167,7 +167,9 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>) -> i32 {
         },
         files: FileOptions {
             send: outgoing,
-            receive_dir: args.receive_dir,
+            // Absolute, so that the events' `path` says where a file went whatever the reader's
+            // working directory.
+            receive_dir: std::path::absolute(&args.receive_dir).unwrap_or(args.receive_dir),
             expect: args.expect_files,
             corrupt: args.test_corrupt_file,
         },
