@@ -185,7 +185,10 @@ impl<'a> Reader<'a> {
             }
             Ok(Request::Signal { to, signal }) => self.relay(&to, signal, now),
             Ok(Request::Leave) => {
-                return match self.shared.rooms().leave(self.conn, now) {
+                // Bound first: a guard in the match scrutinee would live through the arms, and
+                // `refuse` takes the lock again.
+                let left = self.shared.rooms().leave(self.conn, now);
+                return match left {
                     Ok(()) => Some(ReadEnd::Closing),
                     Err(refusal) => {
                         self.refuse(refusal);

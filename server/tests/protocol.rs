@@ -78,6 +78,8 @@ async fn every_error_code_in_its_situation() {
     }
     client.send(signal_to(&json!("p-1"), 1)).await;
     assert_eq!(client.expect_error("not_joined").await["to"], "p-1");
+    client.send(json!({"type": "leave"})).await;
+    client.expect_error("not_joined").await;
     client.send(json!({"type": "join", "room": "no spaces"})).await;
     client.expect_error("bad_room").await;
     client.send(json!({"type": "join", "room": &"x".repeat(65)})).await;
