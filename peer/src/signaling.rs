@@ -120,6 +120,23 @@ impl Outbox {
         }
         self.queue.push_back((from_id, to, signal));
     }
+
+    /// Handles an owner's command while there is no connection: signals wait here; `leave` (or
+    /// the owner going away) ends the task — there is no membership to end but the one in
+    /// grace, which the server ends on its own. Returns false when the task should end.
+    fn keep_while_disconnected(&mut self, command: Option<Command>) -> bool {
+        match command {
+            Some(Command::Signal { from_id, to, signal }) => {
+                self.push(from_id, to, signal);
+                true
+            }
+            Some(Command::Leave(done)) => {
+                let _ = done.send(());
+                false
+            }
+            None => false,
+        }
+    }
 }
 
 async fn run(
@@ -140,15 +157,8 @@ async fn run(
         let joined = loop {
             tokio::select! {
                 result = &mut attempt => break result.unwrap_or_else(|_| Err(Ended::Lost("join timed out".into()))),
-                command = commands.recv() => match command {
-                    Some(Command::Signal { from_id, to, signal }) => outbox.push(from_id, to, signal),
-                    Some(Command::Leave(done)) => {
-                        // Not connected: there is no membership to end but the one in grace,
-                        // which the server ends on its own.
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => return,
+                command = commands.recv() => if !outbox.keep_while_disconnected(command) {
+                    return;
                 },
             }
         };
@@ -204,13 +214,8 @@ async fn run(
         loop {
             tokio::select! {
                 _ = &mut sleep => break,
-                command = commands.recv() => match command {
-                    Some(Command::Signal { from_id, to, signal }) => outbox.push(from_id, to, signal),
-                    Some(Command::Leave(done)) => {
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => return,
+                command = commands.recv() => if !outbox.keep_while_disconnected(command) {
+                    return;
                 },
             }
         }
