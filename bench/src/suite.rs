@@ -303,6 +303,20 @@ pub fn markdown(reports: &[ServerReport], extra: &Extra, ctx: &ReportContext, su
             udp.mb_per_s, udp.datagram_bytes
         ));
     }
+    let webrtc_ms = |key: &str| extra.webrtc.as_ref().and_then(|w| w.get(key)).and_then(Value::as_f64);
+    let connect =
+        |side: &str| match (webrtc_ms(&format!("{side}_p50_ms")), webrtc_ms(&format!("{side}_p99_ms"))) {
+            (Some(p50), Some(p99)) => format!("{p50:.1} / {p99:.1} ms"),
+            _ => "not measured".to_owned(),
+        };
+    md.push_str(&format!(
+        "WebRTC join → `chat` open, p50 / p99 over 20 runs (the newcomer's `welcome` to its channel open): \
+         Rust ↔ Rust {}; browser ↔ Rust, page joining a Rust peer (headless Chromium) {}; \
+         Rust peer joining the page {}.\n\n",
+        connect("rust_connect"),
+        connect("browser_connect"),
+        connect("rust_joins_browser"),
+    ));
     md.push_str("### Targets (issue 7)\n\n");
     if let (Some(sb), Some(mb)) = (sb, mb) {
         let target = |ok: bool| if ok { "met" } else { "**not met**" };
@@ -375,6 +389,32 @@ mod tests {
         assert!(merged.contains("new table"));
         assert!(!merged.contains("old"));
         assert_eq!(merge_section(Some(&merged), "new table\n", &BENCHMARKS), merged, "idempotent");
+    }
+
+    #[test]
+    fn report_shows_the_webrtc_connect_figures() {
+        let extra = Extra {
+            udp: None,
+            webrtc: Some(json!({"rust_connect_p50_ms": 42.6, "rust_connect_p99_ms": 51.6,
+                "browser_connect_p50_ms": 85.3, "browser_connect_p99_ms": 94.3})),
+        };
+        let config = SuiteConfig {
+            launches: Vec::new(),
+            rounds: 1,
+            pairs: 1,
+            window: 1,
+            warmup: Duration::ZERO,
+            measure: Duration::ZERO,
+            rate: 1.0,
+            idle: Vec::new(),
+        };
+        let ctx = ReportContext { machine: String::new(), config, idle_key: 0, out_json: PathBuf::new() };
+        let summary = summary(&[], &extra, 0);
+        assert_eq!(summary["browser_connect_p50_ms"], json!(85.3));
+        let md = markdown(&[], &extra, &ctx, &summary);
+        assert!(md.contains("Rust ↔ Rust 42.6 / 51.6 ms;"), "{md}");
+        assert!(md.contains("page joining a Rust peer (headless Chromium) 85.3 / 94.3 ms;"), "{md}");
+        assert!(md.contains("Rust peer joining the page not measured."), "{md}");
     }
 
     #[test]
