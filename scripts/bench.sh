@@ -9,6 +9,7 @@
 #   scripts/bench.sh            # everything (~10 minutes once built)
 #   QUICK=1 scripts/bench.sh    # 1 round, shorter runs, 1k/4k idle connections (a smoke test)
 #   NO_WEBRTC=1 scripts/bench.sh  # skip the peer's WebRTC bench
+#   NO_BROWSER=1 scripts/bench.sh # skip the browser <-> Rust connect bench (headless Chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +65,38 @@ PY
     cat "$out/webrtc.txt" >&2
   else
     log "the peer's WebRTC bench failed (see $out/webrtc.err); its keys stay null"
+  fi
+fi
+
+# Browser <-> Rust connect time (join -> chat open, 20 runs each way) in headless Chromium:
+# tests/tests/browser_bench.rs, an #[ignore]d test run here with the release binaries.
+if [ -z "${NO_BROWSER:-}" ]; then
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+      log "installing chromium and chromium-driver (as scripts/test.sh does)"
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+          chromium chromium-driver; } >&2 || log "could not install Chromium: the browser bench will say why it fails"
+    fi
+  fi
+  log "browser: join -> chat open between headless Chromium and the Rust peer (release binaries)"
+  cargo build --release -p server -p peer >&2
+  cargo test -p tests --test browser_bench --no-run >&2
+  if SWITCHBOARD_BIN_DIR="$PWD/target/release" timeout 600 \
+      cargo test -p tests --test browser_bench -- --ignored --nocapture > "$out/browser.txt" 2>"$out/browser.err"; then
+    python3 - "$out/browser.txt" "$webrtc_json" <<'PY'
+import json, os, re, sys
+text = open(sys.argv[1]).read()
+out = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else {}
+for name, key in (("browser_connect_ms", "browser_connect"), ("rust_joins_browser_ms", "rust_joins_browser")):
+    m = re.search(name + r": (\{.*\})", text)
+    if m:
+        figures = json.loads(m.group(1))
+        out[key + "_p50_ms"], out[key + "_p99_ms"] = figures["p50"], figures["p99"]
+json.dump(out, open(sys.argv[2], "w"))
+PY
+    grep -E "^(browser_connect_ms|rust_joins_browser_ms):" "$out/browser.txt" >&2 || true
+  else
+    log "the browser bench failed (see $out/browser.txt and $out/browser.err); its keys stay null"
   fi
 fi
 

@@ -119,7 +119,9 @@ fn run_outside(limit: Duration) {
         // A private mount namespace so that a fresh sysfs shows this namespace's interfaces.
         .arg(r#"mount -t sysfs sysfs /sys && ip link set lo up && exec "$0" "$@""#)
         .arg(&exe)
-        .args([test_name.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+        // `--include-ignored`: this process already chose to run the test (an `#[ignore]`d one
+        // too, under `--ignored`); without it the re-executed process would skip such a test.
+        .args([test_name.as_str(), "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
         .env(INSIDE_ENV, "1")
         .env(DONE_ENV, &done_file)
         .stdin(Stdio::null())
