@@ -76,7 +76,7 @@ async fn join_inner(
             };
             return Ok((Member { ws, id, welcome: text.to_string(), early }, timing));
         }
-        if proto.is_error(&text) {
+        if proto.is_error(text.as_bytes()) {
             bail!("join refused: {text}");
         }
         if early.len() < 16 {

@@ -6,13 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio::time::sleep_until;
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Member, Ws, micros};
+use crate::client::micros;
 use crate::proto::{self, Proto};
+use crate::raw::{RawConn, RawMember, SignalTemplate};
 use crate::stats::Latency;
 
 #[derive(Debug, Clone)]
@@ -59,8 +58,8 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadResult> {
     let mut pairs = Vec::with_capacity(config.pairs);
     for i in 0..config.pairs {
         let room = format!("{}-{i}", config.tag);
-        let (a, _) = client::join(config.proto, config.addr, &room, &format!("{room}a")).await?;
-        let (b, _) = client::join(config.proto, config.addr, &room, &format!("{room}b")).await?;
+        let a = RawConn::join(config.proto, config.addr, &room, &format!("{room}a")).await?;
+        let b = RawConn::join(config.proto, config.addr, &room, &format!("{room}b")).await?;
         pairs.push((a, b));
     }
     let own_cpu_start = crate::server::cpu_us(std::process::id())?;
@@ -166,25 +165,35 @@ struct Stream {
 }
 
 struct Side {
-    ws: Ws,
-    /// Where this side's signals go.
-    to: String,
+    conn: RawConn,
+    /// This side's signal to the other side, candidate- and offer-sized.
+    candidate: SignalTemplate,
+    offer: SignalTemplate,
     /// The stream this side sends.
     out: Stream,
 }
 
+impl Side {
+    fn new(proto: Proto, member: RawMember, to: &str) -> Self {
+        Side {
+            conn: member.conn,
+            candidate: SignalTemplate::new(proto, to, false),
+            offer: SignalTemplate::new(proto, to, true),
+            out: Stream::default(),
+        }
+    }
+}
+
 async fn run_pair(
     proto: Proto,
-    a: Member,
-    b: Member,
+    a: RawMember,
+    b: RawMember,
     window: u64,
     pace: Option<Pace>,
     clock: Clock,
 ) -> anyhow::Result<PairStats> {
-    let mut sides = [
-        Side { ws: a.ws, to: b.id.clone(), out: Stream::default() },
-        Side { ws: b.ws, to: a.id.clone(), out: Stream::default() },
-    ];
+    let (a_id, b_id) = (a.id.clone(), b.id.clone());
+    let mut sides = [Side::new(proto, a, &b_id), Side::new(proto, b, &a_id)];
     let mut stats = PairStats::default();
     let sample = pace.is_some();
     let give_up = clock.send_end + DRAIN;
@@ -195,7 +204,6 @@ async fn run_pair(
         let sending = now < clock.send_end;
         let mut next_due = clock.send_end;
         for side in sides.iter_mut() {
-            let mut fed = false;
             while sending && side.out.sent.saturating_sub(side.out.received) < window {
                 if let Some(pace) = pace
                     && side.out.sent >= pace.due(now - clock.epoch)
@@ -203,15 +211,16 @@ async fn run_pair(
                     next_due = next_due.min(pace.at(clock.epoch, side.out.sent));
                     break;
                 }
-                let t = micros(Instant::now() - clock.epoch);
-                let frame = proto.signal_frame(&side.to, side.out.sent, t);
-                side.ws.feed(Message::text(frame)).await?;
+                let seq = side.out.sent;
+                // Every 16th signal is an SDP-sized offer, the others candidates.
+                let template = if seq.is_multiple_of(16) { &side.offer } else { &side.candidate };
+                // The send time is only read back when latencies are sampled.
+                let t = if sample { micros(Instant::now() - clock.epoch) } else { 0 };
+                side.conn.push_template(template, seq, t);
                 side.out.sent += 1;
-                fed = true;
             }
-            if fed {
-                side.ws.flush().await?;
-            }
+            // Signals and any pongs, in one write.
+            side.conn.flush().await?;
         }
         if !sending && sides.iter().all(|s| s.out.received >= s.out.sent) {
             break;
@@ -225,50 +234,52 @@ async fn run_pair(
             wake.as_mut().reset(wake_at.into());
         }
         let [first, second] = &mut sides;
-        let (received_by, message) = tokio::select! {
-            message = first.ws.next() => (0, message),
-            message = second.ws.next() => (1, message),
+        let (receiver, sender) = tokio::select! {
+            read = first.conn.read_more() => { read?; (first, second) }
+            read = second.conn.read_more() => { read?; (second, first) }
             () = &mut wake => continue,
         };
-        let message = message.context("server closed the connection")??;
-        let Message::Text(text) = message else { continue };
         let at = Instant::now();
-        // A frame received by side 0 belongs to the stream side 1 sends.
-        let stream = &mut sides[1 - received_by].out;
-        if proto.is_signal(&text) {
-            match proto::marker(&text) {
-                Some((seq, t)) => {
-                    if seq != stream.received {
-                        stats.errors += 1;
-                        stats.first_error.get_or_insert_with(|| {
-                            format!("expected signal {} but got {seq}", stream.received)
-                        });
-                    }
-                    stream.received = seq + 1;
-                    stats.received += 1;
-                    if at >= clock.window_start && at < clock.send_end {
-                        stats.counted += 1;
-                        if sample {
-                            stats.latencies.push(micros(at - clock.epoch).saturating_sub(t));
-                        }
-                    }
-                }
-                None => {
+        let in_window = at >= clock.window_start && at < clock.send_end;
+        // What `receiver` gets belongs to the stream `sender` sends.
+        let stream = &mut sender.out;
+        receiver.conn.take_frames(|text| {
+            if proto.is_signal(text) {
+                let Some((seq, t)) = proto::marker(text) else {
                     stats.errors += 1;
-                    stats.first_error.get_or_insert_with(|| format!("signal without marker: {text:.200}"));
+                    stats.first_error.get_or_insert_with(|| {
+                        format!("signal without marker: {:.200}", String::from_utf8_lossy(text))
+                    });
+                    return;
+                };
+                if seq != stream.received {
+                    stats.errors += 1;
+                    stats
+                        .first_error
+                        .get_or_insert_with(|| format!("expected signal {} but got {seq}", stream.received));
                 }
+                stream.received = seq + 1;
+                stats.received += 1;
+                if in_window {
+                    stats.counted += 1;
+                    if sample {
+                        stats.latencies.push(micros(at - clock.epoch).saturating_sub(t));
+                    }
+                }
+            } else if proto.is_error(text) {
+                stats.errors += 1;
+                stats
+                    .first_error
+                    .get_or_insert_with(|| format!("server error: {:.200}", String::from_utf8_lossy(text)));
             }
-        } else if proto.is_error(&text) {
-            stats.errors += 1;
-            stats.first_error.get_or_insert_with(|| format!("server error: {text:.200}"));
-        }
+        })?;
     }
     stats.sent = sides.iter().map(|s| s.out.sent).sum();
-    for side in &mut sides {
+    for mut side in sides {
         if proto == Proto::Switchboard {
-            let _ = side.ws.send(Message::text(r#"{"type":"leave"}"#)).await;
+            side.conn.push_text(br#"{"type":"leave"}"#);
         }
-        let _ = side.ws.close(None).await;
+        side.conn.close().await;
     }
     Ok(stats)
 }

@@ -5,6 +5,7 @@ mod client;
 mod idle;
 mod load;
 mod proto;
+mod raw;
 mod server;
 mod soak;
 mod stats;
@@ -118,8 +119,12 @@ struct RelayArgs {
 
 #[derive(clap::Args)]
 struct UdpArgs {
-    #[arg(long, default_value_t = 1200)]
+    /// Large datagrams: the loopback path's byte-rate ceiling.
+    #[arg(long, default_value_t = 64_000)]
     bytes: usize,
+    /// SCTP-over-DTLS-sized datagrams: the packet-rate view.
+    #[arg(long, default_value_t = 1200)]
+    small_bytes: usize,
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     duration: Duration,
     #[arg(long)]
@@ -175,7 +180,7 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn udp_command(args: UdpArgs) -> anyhow::Result<()> {
-    let result = udp::run(args.bytes, args.duration)?;
+    let result = udp::run(args.bytes, args.small_bytes, args.duration)?;
     let text = serde_json::to_string(&result)?;
     if let Some(out) = args.out {
         std::fs::write(&out, &text).with_context(|| format!("cannot write {}", out.display()))?;
@@ -318,7 +323,12 @@ fn machine() -> String {
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map_or("unknown CPU".to_owned(), |(_, m)| m.trim().to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The machine's cores, not this process's: the suite runs under `taskset -c 1`, which
+    // `available_parallelism` would report as 1.
+    let cores = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| cpu_count(&list))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(0, |n| n.get()));
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = meminfo
         .lines()
@@ -340,4 +350,27 @@ fn machine() -> String {
         version("rustc"),
         version("node")
     )
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-1` or `0,2-5,8`.
+fn cpu_count(list: &str) -> Option<usize> {
+    list.trim().split(',').try_fold(0, |count, part| {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let (first, last) = (first.parse::<usize>().ok()?, last.parse::<usize>().ok()?);
+        Some(count + last.checked_sub(first)? + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_count;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(cpu_count("0-1\n"), Some(2));
+        assert_eq!(cpu_count("0"), Some(1));
+        assert_eq!(cpu_count("0,2-5,8"), Some(6));
+        assert_eq!(cpu_count(""), None);
+        assert_eq!(cpu_count("3-1"), None);
+    }
 }

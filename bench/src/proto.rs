@@ -6,8 +6,10 @@
 //! server relays it untouched; the receiver finds it without parsing the whole JSON.
 
 use std::net::SocketAddr;
+use std::sync::LazyLock;
 
 use clap::ValueEnum;
+use memchr::memmem;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -61,20 +63,26 @@ impl Proto {
     }
 
     /// Whether `text` is a relayed signal (as opposed to presence or error messages).
-    pub fn is_signal(self, text: &str) -> bool {
+    pub fn is_signal(self, text: &[u8]) -> bool {
         match self {
-            Proto::Switchboard => text.starts_with(r#"{"type":"signal""#),
-            Proto::Matchbox => text.starts_with(r#"{"Signal""#),
-            Proto::Peerjs => text.contains(r#""type":"CANDIDATE""#) || text.contains(r#""type":"OFFER""#),
+            Proto::Switchboard => text.starts_with(br#"{"type":"signal""#),
+            Proto::Matchbox => text.starts_with(br#"{"Signal""#),
+            Proto::Peerjs => {
+                memmem::find(text, br#""type":"CANDIDATE""#).is_some()
+                    || memmem::find(text, br#""type":"OFFER""#).is_some()
+            }
         }
     }
 
     /// Whether `text` is an error from the server (always a failure in a benchmark).
-    pub fn is_error(self, text: &str) -> bool {
+    pub fn is_error(self, text: &[u8]) -> bool {
         match self {
-            Proto::Switchboard => text.starts_with(r#"{"type":"error""#),
+            Proto::Switchboard => text.starts_with(br#"{"type":"error""#),
             Proto::Matchbox => false,
-            Proto::Peerjs => text.contains(r#""type":"ERROR""#) || text.contains(r#""type":"ID-TAKEN""#),
+            Proto::Peerjs => {
+                memmem::find(text, br#""type":"ERROR""#).is_some()
+                    || memmem::find(text, br#""type":"ID-TAKEN""#).is_some()
+            }
         }
     }
 
@@ -117,12 +125,16 @@ impl Proto {
 }
 
 /// The sequence number and send time carried by a relayed signal.
-pub fn marker(text: &str) -> Option<(u64, u64)> {
-    let at = text.find("seq=")?;
-    let rest = text.get(at + 4..)?;
-    let seq = rest.get(..10)?.parse().ok()?;
-    let t = rest.get(13..29)?.parse().ok()?;
-    Some((seq, t))
+pub fn marker(text: &[u8]) -> Option<(u64, u64)> {
+    static FINDER: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new("seq="));
+    let rest = text.get(FINDER.find(text)? + 4..)?;
+    Some((decimal(rest.get(..10)?)?, decimal(rest.get(13..29)?)?))
+}
+
+fn decimal(digits: &[u8]) -> Option<u64> {
+    digits
+        .iter()
+        .try_fold(0_u64, |value, &digit| digit.is_ascii_digit().then(|| value * 10 + u64::from(digit - b'0')))
 }
 
 /// A data-channel-only offer as a browser writes it (~1 KB), JSON-escaped, carrying `marker`.
@@ -159,7 +171,7 @@ mod tests {
             for seq in [0, 1, 15, 16, 1_234_567] {
                 let frame = proto.signal_frame("peer-1", seq, 987_654);
                 let _: Value = serde_json::from_str(&frame).expect("valid JSON");
-                assert_eq!(marker(&frame), Some((seq, 987_654)), "{proto:?} {seq}");
+                assert_eq!(marker(frame.as_bytes()), Some((seq, 987_654)), "{proto:?} {seq}");
             }
         }
     }
@@ -178,9 +190,9 @@ mod tests {
         assert_eq!(Proto::Switchboard.joined(welcome, "").as_deref(), Some("abc"));
         assert_eq!(Proto::Matchbox.joined(r#"{"IdAssigned":"u-1"}"#, "").as_deref(), Some("u-1"));
         assert_eq!(Proto::Peerjs.joined(r#"{"type":"OPEN"}"#, "me").as_deref(), Some("me"));
-        assert!(Proto::Switchboard.is_signal(r#"{"type":"signal","from":"a","signal":{}}"#));
-        assert!(!Proto::Switchboard.is_signal(r#"{"type":"peer_joined","peer":{}}"#));
-        assert!(Proto::Matchbox.is_signal(r#"{"Signal":{"sender":"a","data":{}}}"#));
-        assert!(!Proto::Matchbox.is_signal(r#"{"NewPeer":"a"}"#));
+        assert!(Proto::Switchboard.is_signal(br#"{"type":"signal","from":"a","signal":{}}"#));
+        assert!(!Proto::Switchboard.is_signal(br#"{"type":"peer_joined","peer":{}}"#));
+        assert!(Proto::Matchbox.is_signal(br#"{"Signal":{"sender":"a","data":{}}}"#));
+        assert!(!Proto::Matchbox.is_signal(br#"{"NewPeer":"a"}"#));
     }
 }

@@ -198,7 +198,7 @@ async fn soak_member(
                     if !announced.contains(from) {
                         bail!("{id}: signal from {from} before its peer_joined");
                     }
-                    let (seq, _) = proto::marker(&text).context("signal without marker")?;
+                    let (seq, _) = proto::marker(text.as_bytes()).context("signal without marker")?;
                     let next =
                         expected.get_mut(from).with_context(|| format!("signal from a stranger {from}"))?;
                     if seq != *next {
