@@ -10,7 +10,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::{ErrorCode, close_code};
 use tokio::sync::Notify;
-use tokio::time::{Duration, timeout, timeout_at};
+use tokio::time::{Duration, timeout};
 use tracing::Instrument;
 
 use crate::admission::Ticket;
@@ -117,30 +117,49 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// When the connection times out if nothing more is heard.
+    fn deadline(&self) -> Instant {
+        let idle_deadline = self.heard_at + self.shared.config.idle_timeout;
+        match self.member {
+            Some(_) => idle_deadline,
+            None => idle_deadline.min(self.joined_by),
+        }
+    }
+
     async fn run(mut self, stream: &mut SplitStream<WebSocket>) -> ReadEnd {
+        // One timer for the connection, moved only when it fires early: re-arming it for every
+        // frame cost a timer-wheel insert and removal per signal.
+        let timer = tokio::time::sleep_until(self.deadline().into());
+        tokio::pin!(timer);
         loop {
-            let idle_deadline = self.heard_at + self.shared.config.idle_timeout;
-            let deadline = match self.member {
-                Some(_) => idle_deadline,
-                None => idle_deadline.min(self.joined_by),
-            };
-            let message = match timeout_at(deadline.into(), stream.next()).await {
-                Err(_elapsed) if self.member.is_none() && Instant::now() >= self.joined_by => {
-                    tracing::info!("closing: no join within the join timeout");
-                    return self.close(close_code::POLICY, "join timeout");
-                }
-                Err(_elapsed) => {
+            let message = tokio::select! {
+                biased;
+                message = stream.next() => message,
+                () = &mut timer => {
+                    let now = Instant::now();
+                    let deadline = self.deadline();
+                    if now < deadline {
+                        timer.as_mut().reset(deadline.into());
+                        continue;
+                    }
+                    if self.member.is_none() && now >= self.joined_by {
+                        tracing::info!("closing: no join within the join timeout");
+                        return self.close(close_code::POLICY, "join timeout");
+                    }
                     tracing::info!("closing: idle timeout");
                     return self.close(close_code::GOING_AWAY, "idle timeout");
                 }
-                Ok(None) => return ReadEnd::Gone,
-                Ok(Some(Err(error))) => return self.on_socket_error(error),
-                Ok(Some(Ok(message))) => message,
             };
-            self.heard_at = Instant::now();
+            let message = match message {
+                None => return ReadEnd::Gone,
+                Some(Err(error)) => return self.on_socket_error(error),
+                Some(Ok(message)) => message,
+            };
+            let now = Instant::now();
+            self.heard_at = now;
             match message {
                 Message::Text(text) => {
-                    if let Some(end) = self.on_text(&text) {
+                    if let Some(end) = self.on_text(&text, now) {
                         return end;
                     }
                 }
@@ -155,15 +174,14 @@ impl<'a> Reader<'a> {
     }
 
     /// Handles one text frame; `Some` ends the read loop.
-    fn on_text(&mut self, text: &str) -> Option<ReadEnd> {
-        let now = Instant::now();
+    fn on_text(&mut self, text: &str, now: Instant) -> Option<ReadEnd> {
         let request = inbound::parse(text);
         if !matches!(request, Ok(Request::Leave)) {
             match self.budget.charge(text.len(), now) {
                 Verdict::Allowed => {}
                 Verdict::Refused => {
                     let to = match &request {
-                        Ok(Request::Signal { to, .. }) => Some(to.as_str()),
+                        Ok(Request::Signal { to, .. }) => Some(to.as_ref()),
                         _ => None,
                     };
                     self.refuse(
