@@ -101,7 +101,7 @@ PY
 fi
 
 log "raw UDP loopback ceiling"
-target/release/bench udp --bytes 1200 --duration 2s --out "$out/udp.json" >&2
+target/release/bench udp --bytes 64000 --small-bytes 1200 --duration 2s --out "$out/udp.json" >&2
 
 if [ -n "${QUICK:-}" ]; then
   shape=(--rounds 1 --measure 2s --idle 1000,4000 --idle-key 4000)

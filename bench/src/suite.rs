@@ -167,7 +167,8 @@ pub fn summary(reports: &[ServerReport], extra: &Extra, idle_key: usize) -> Valu
         "rust_connect_p50_ms": webrtc("rust_connect_p50_ms"),
         "browser_connect_p50_ms": webrtc("browser_connect_p50_ms"),
         "dc_mb_per_s": webrtc("dc_mb_per_s"),
-        "udp_ceiling_mb_per_s": extra.udp.as_ref().map(|u| round3(u.mb_per_s)),
+        "udp_ceiling_mb_per_s": extra.udp.as_ref().map(|u| round3(u.large.mb_per_s)),
+        "udp_small_mb_per_s": extra.udp.as_ref().map(|u| round3(u.small.mb_per_s)),
     })
 }
 
@@ -298,9 +299,16 @@ pub fn markdown(reports: &[ServerReport], extra: &Extra, ctx: &ReportContext, su
     md.push('\n');
     if let Some(udp) = &extra.udp {
         md.push_str(&format!(
-            "Raw UDP over loopback (the ceiling for data channels): **{:.0} MB/s** with {}-byte datagrams \
-             (one sender thread, one receiver thread; MB = 10^6 bytes).\n\n",
-            udp.mb_per_s, udp.datagram_bytes
+            "Raw UDP over loopback (the ceiling for data channels): **{:.0} MB/s** with {}-byte datagrams; \
+             {:.0} MB/s ({:.0} datagrams/s) with {}-byte datagrams, the size of SCTP-over-DTLS packets, one \
+             syscall each (one sender thread, one receiver thread, {} MiB socket buffers as the peer uses; \
+             MB = 10^6 bytes).\n\n",
+            udp.large.mb_per_s,
+            udp.large.datagram_bytes,
+            udp.small.mb_per_s,
+            udp.small.datagrams_per_s,
+            udp.small.datagram_bytes,
+            udp.socket_buffer_bytes >> 20
         ));
     }
     let webrtc_ms = |key: &str| extra.webrtc.as_ref().and_then(|w| w.get(key)).and_then(Value::as_f64);
