@@ -63,9 +63,9 @@ struct SuiteArgs {
     server_core: Option<usize>,
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     pairs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 128)]
     window: u64,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
@@ -101,9 +101,9 @@ struct RelayArgs {
     proto: Proto,
     #[arg(long)]
     addr: SocketAddr,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 200)]
     pairs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 128)]
     window: u64,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
