@@ -9,6 +9,16 @@
 //! 2. Throughput: two peer connections in this process, built exactly as the peer builds them
 //!    (same settings, sockets and buffers), one ordered reliable channel, 64 MiB sent as
 //!    16 KiB and as 64 KiB binary messages; from the first send to the last byte received.
+//!
+//! To try other settings for the throughput part (the connect part always uses the peer's own):
+//!
+//! ```text
+//! BENCH_THROUGHPUT=16,64      # only the throughput part, these message sizes in KiB
+//! BENCH_REPEAT=5              # runs per size (default 1)
+//! BENCH_SEND_BUFFER_LIMIT=N   # bytes; default transport::SEND_BUFFER_LIMIT, 0 = unbounded
+//! BENCH_SCTP_MTU=N            # bytes; default transport::SCTP_MTU
+//! BENCH_SCTP_RECEIVE_BUFFER=N # bytes; default webrtc-rs's (1 MiB)
+//! ```
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -36,8 +46,36 @@ async fn main() -> Result<()> {
         .and_then(|p| p.parent())
         .map(PathBuf::from)
         .context("cannot find the target directory")?;
+    let sizes = match std::env::var("BENCH_THROUGHPUT") {
+        Ok(list) => list
+            .split(',')
+            .map(|kib| kib.trim().parse::<usize>().map(|kib| kib * 1024))
+            .collect::<Result<Vec<_>, _>>()
+            .context("BENCH_THROUGHPUT: message sizes in KiB, comma-separated")?,
+        Err(_) => {
+            connect(&bin).await?;
+            vec![16 * 1024, 64 * 1024]
+        }
+    };
+    let options = Options::from_env()?;
+    for _ in 0..env_usize("BENCH_REPEAT")?.unwrap_or(1) {
+        for &size in &sizes {
+            let (elapsed, rate) = throughput(size, &options).await?;
+            println!(
+                "throughput: {} KiB messages, {} MiB in {:.2} s = {:.0} MB/s",
+                size / 1024,
+                VOLUME >> 20,
+                elapsed.as_secs_f64(),
+                rate / 1e6
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn connect(bin: &std::path::Path) -> Result<()> {
     println!("connect: join -> chat open, two Rust peers through the server, {RUNS} runs");
-    let mut times = connect_times(&bin).await?;
+    let mut times = connect_times(bin).await?;
     times.sort();
     let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
     println!(
@@ -47,17 +85,47 @@ async fn main() -> Result<()> {
         ms(times[0]),
         ms(times[times.len() - 1])
     );
-    for size in [16 * 1024, 64 * 1024] {
-        let (elapsed, rate) = throughput(size).await?;
-        println!(
-            "throughput: {} KiB messages, {} MiB in {:.2} s = {:.0} MB/s",
-            size / 1024,
-            VOLUME >> 20,
-            elapsed.as_secs_f64(),
-            rate / 1e6
-        );
-    }
     Ok(())
+}
+
+fn env_usize(name: &str) -> Result<Option<usize>> {
+    std::env::var(name)
+        .ok()
+        .map(|value| value.trim().parse().with_context(|| format!("{name}: not a number: {value}")))
+        .transpose()
+}
+
+/// The throughput part's settings: the peer's own unless overridden (see the top of this file).
+struct Options {
+    send_buffer_limit: usize,
+    sctp_mtu: Option<u32>,
+    sctp_receive_buffer: Option<u32>,
+}
+
+impl Options {
+    fn from_env() -> Result<Self> {
+        let options = Options {
+            send_buffer_limit: match env_usize("BENCH_SEND_BUFFER_LIMIT")? {
+                None => transport::SEND_BUFFER_LIMIT,
+                Some(0) => usize::MAX,
+                Some(limit) => limit,
+            },
+            sctp_mtu: env_usize("BENCH_SCTP_MTU")?.map(u32::try_from).transpose()?,
+            sctp_receive_buffer: env_usize("BENCH_SCTP_RECEIVE_BUFFER")?.map(u32::try_from).transpose()?,
+        };
+        if options.send_buffer_limit != transport::SEND_BUFFER_LIMIT
+            || options.sctp_mtu.is_some()
+            || options.sctp_receive_buffer.is_some()
+        {
+            println!(
+                "settings: send buffer limit {}, SCTP MTU {}, SCTP receive buffer {}",
+                options.send_buffer_limit,
+                options.sctp_mtu.unwrap_or(transport::SCTP_MTU),
+                options.sctp_receive_buffer.map_or("default".to_owned(), |b| b.to_string()),
+            );
+        }
+        Ok(options)
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -166,24 +234,34 @@ impl PeerConnectionEventHandler for Receive {
     }
 }
 
-async fn build(handler: Arc<dyn PeerConnectionEventHandler>) -> Result<Arc<dyn PeerConnection>> {
+async fn build(
+    handler: Arc<dyn PeerConnectionEventHandler>,
+    options: &Options,
+) -> Result<Arc<dyn PeerConnection>> {
+    let mut settings = transport::setting_engine_builder();
+    if let Some(mtu) = options.sctp_mtu {
+        settings = settings.with_sctp_mtu(mtu);
+    }
+    if let Some(bytes) = options.sctp_receive_buffer {
+        settings = settings.with_sctp_max_receive_buffer_size(bytes);
+    }
     let pc = PeerConnectionBuilder::new()
-        .with_setting_engine(transport::setting_engine())
+        .with_setting_engine(settings.build())
         .with_runtime(transport::BigBufferRuntime::shared())
         .with_handler(handler)
         .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
-        .with_data_channel_send_buffer_limit(transport::SEND_BUFFER_LIMIT)
+        .with_data_channel_send_buffer_limit(options.send_buffer_limit)
         .build()
         .await?;
     Ok(Arc::new(pc))
 }
 
-async fn throughput(size: usize) -> Result<(Duration, f64)> {
+async fn throughput(size: usize, options: &Options) -> Result<(Duration, f64)> {
     let (gathered_a, mut gathered_a_rx) = mpsc::channel(1);
     let (gathered_b, mut gathered_b_rx) = mpsc::channel(1);
     let (channel_tx, mut channel_rx) = mpsc::channel(1);
-    let a = build(Arc::new(Gather(gathered_a))).await?;
-    let b = build(Arc::new(Receive(channel_tx, gathered_b))).await?;
+    let a = build(Arc::new(Gather(gathered_a)), options).await?;
+    let b = build(Arc::new(Receive(channel_tx, gathered_b)), options).await?;
     let sender = a.create_data_channel("bench", None).await?;
     // Whole-SDP exchange (no trickle): this measures the channel, not the connect.
     let offer = a.create_offer(None).await?;
@@ -218,7 +296,7 @@ async fn throughput(size: usize) -> Result<(Duration, f64)> {
     let payload = BytesMut::from(vec![7u8; size].as_slice());
     let start = Instant::now();
     for _ in 0..count {
-        // Waits while SEND_BUFFER_LIMIT bytes are unacknowledged: the peer's own back-pressure.
+        // Waits while the send-buffer limit's bytes are unacknowledged: the peer's back-pressure.
         sender.send(payload.clone()).await?;
     }
     let (got, end) = tokio::time::timeout(Duration::from_secs(120), reader).await??;

@@ -28,6 +28,27 @@ pub const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
 /// The wildcards add one socket per real interface, for peers on other machines.
 pub const DEFAULT_BIND: [&str; 4] = ["127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::]:0"];
 
+/// SCTP packet budget (common header + DATA chunks), in bytes: 1,024 bytes of message per DATA
+/// chunk (1,052 - 12 - 16) instead of webrtc-rs's default 1,191 (1,160 per chunk).
+///
+/// Why: webrtc-rs 0.21 sends a run of equal-size datagrams in one GSO `sendmsg` (`UDP_SEGMENT`),
+/// but only runs of at least 16 (`MIN_GSO_RUN`), and a shorter datagram ends a run; shorter runs
+/// cost one syscall per datagram. With 1,160-byte chunks a 16 KiB message (a file chunk, and the
+/// largest chat line) is 14 × 1,160 + 144 bytes: a run of 15, so every packet was its own
+/// syscall. With 1,024-byte chunks any message of a whole number of KiB is cut into equal
+/// packets, a 16 KiB one is a run of 16, and runs continue across queued messages (up to 60
+/// datagrams, 64 KiB, per call). Measured on the 2-core machine (docs/benchmarks.md,
+/// "Data-channel throughput"): `peer/examples/bench.rs` with 16 KiB messages 87–129 MB/s before,
+/// 105–188 after on a quiet machine (load ~1), 37–92 before and 99–192 after with builds
+/// running (load 4–6), CPU time per byte about halved; the 50 MiB file e2e test 52–66 MB/s before,
+/// 94–141 after, same peak RSS. The cost: ~13 % more packets, so 64 KiB messages (already sent
+/// with GSO) went from ~150 to ~125 MB/s; the peer never sends messages over 16 KiB. 1,120
+/// (1,092-byte chunks: 16 KiB = 15 × 1,092 + 4, a run of exactly 16) keeps 64 KiB but gained
+/// less for 16 KiB messages and files. The 1 MiB send-buffer limit was not the bound: 2, 4 or
+/// 8 MiB, or none, changed nothing measurable. Packets smaller than the default fit every path
+/// the default fits (TURN, IPv6).
+pub const SCTP_MTU: u32 = 1052;
+
 /// The settings every connection uses.
 ///
 /// webrtc-rs 0.21 acts on several connect steps only at the ICE agent's next timer tick (200 ms
@@ -37,14 +58,20 @@ pub const DEFAULT_BIND: [&str; 4] = ["127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::
 /// A peer-reflexive first pair is accepted at once instead of after 1 s. The cost is a STUN
 /// keepalive every 10 ms per connection, which is negligible for a chat mesh of a few peers.
 /// mDNS is off: nobody here resolves `.local` candidates, and with only `lo` it fails to bind.
+/// The SCTP packet size is [`SCTP_MTU`].
 pub fn setting_engine() -> SettingEngine {
+    setting_engine_builder().build()
+}
+
+/// [`setting_engine`] before `build()`, for benchmarks that vary one setting.
+pub fn setting_engine_builder() -> SettingEngineBuilder {
     let tick = Some(Duration::from_millis(10));
     SettingEngineBuilder::new()
         .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
         .with_ice_connection_attempts(tick, Some(140))
         .with_ice_timeouts(None, None, tick)
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .build()
+        .with_sctp_mtu(SCTP_MTU)
 }
 
 /// `welcome.ice_servers`, as webrtc-rs wants them.
