@@ -32,8 +32,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
     router.with_state(shared)
 }
 
-/// Largest batch of outbound frames handed to the kernel in one write.
-const WRITE_BATCH_BYTES: usize = 16 * 1024;
+/// Largest batch of outbound frames handed to the kernel in one write. At 16 KiB a busy
+/// connection's batch (up to ~128 frames of ~330 bytes) went out in three `sendto`s; at 64 KiB in
+/// one (measured: 17k → 5k `sendto` per 2 s at ~400k signals/s). Only what is queued is
+/// buffered, so an idle connection's buffer stays small.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 async fn websocket(
     State(shared): State<Arc<Shared>>,
