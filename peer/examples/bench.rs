@@ -170,7 +170,9 @@ fn spawn_peer(
     room: &str,
 ) -> Result<(Child, mpsc::Receiver<(String, Instant)>)> {
     let mut child = Command::new(bin.join("peer"))
-        .args(["--server", url, "--room", room, "--json"])
+        // Loopback only: the default binds every interface, and a benchmark must not send ICE
+        // checks to this machine's external address.
+        .args(["--server", url, "--room", room, "--json", "--bind", "127.0.0.1:0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -238,7 +240,7 @@ async fn build(
     handler: Arc<dyn PeerConnectionEventHandler>,
     options: &Options,
 ) -> Result<Arc<dyn PeerConnection>> {
-    let mut settings = transport::setting_engine_builder();
+    let mut settings = transport::setting_engine_builder(transport::DEFAULT_ICE_TICK);
     if let Some(mtu) = options.sctp_mtu {
         settings = settings.with_sctp_mtu(mtu);
     }

@@ -77,6 +77,8 @@ pub struct LinkOptions {
     pub ice_servers: Vec<protocol::IceServer>,
     /// Where incoming `file` channels store their files; `None` refuses them.
     pub inbox: Option<Inbox>,
+    /// The ICE timer tick (see [`transport::DEFAULT_ICE_TICK`]).
+    pub ice_tick: Duration,
 }
 
 impl Default for LinkOptions {
@@ -85,6 +87,7 @@ impl Default for LinkOptions {
             bind: transport::DEFAULT_BIND.iter().map(|s| s.to_string()).collect(),
             ice_servers: Vec::new(),
             inbox: None,
+            ice_tick: transport::DEFAULT_ICE_TICK,
         }
     }
 }
@@ -165,7 +168,7 @@ impl Link {
             .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
-            .with_setting_engine(transport::setting_engine())
+            .with_setting_engine(transport::setting_engine(options.ice_tick))
             .with_runtime(transport::BigBufferRuntime::shared())
             .with_handler(handler)
             .with_udp_addrs(options.bind.clone())

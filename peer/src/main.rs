@@ -56,6 +56,11 @@ struct Args {
     /// One JSON event per line on stdout instead of human-readable lines.
     #[arg(long)]
     json: bool,
+    /// ICE timer tick: connectivity checks while connecting, keepalives after. Shorter connects
+    /// faster; longer costs less CPU while idle (about 1.4% of a core per connection at 10ms,
+    /// 0.4% at 50ms, on a small 2-core machine).
+    #[arg(long, value_name = "D", default_value = "10ms", value_parser = parse_ice_tick)]
+    ice_tick: Duration,
     /// Local UDP address for peer connections (repeatable; default: loopback and every interface).
     #[arg(long = "bind", value_name = "ADDR")]
     bind: Vec<String>,
@@ -80,6 +85,16 @@ struct Args {
 
 fn parse_room(s: &str) -> Result<String, String> {
     RoomName::parse(s).map(|r| r.as_str().to_string()).map_err(|e| e.to_string())
+}
+
+/// A duration from 1 ms to 5 s: shorter would spin, longer would make connects take seconds.
+fn parse_ice_tick(s: &str) -> Result<Duration, String> {
+    let tick = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(1)..=Duration::from_secs(5)).contains(&tick) {
+        Ok(tick)
+    } else {
+        Err(format!("{s} is outside 1ms..5s"))
+    }
 }
 
 fn parse_name(s: &str) -> Result<String, String> {
@@ -160,6 +175,7 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>) -> i32 {
         send: args.send,
         echo: args.echo,
         expect: args.expect,
+        ice_tick: args.ice_tick,
         bind: if args.bind.is_empty() {
             transport::DEFAULT_BIND.iter().map(|s| s.to_string()).collect()
         } else {

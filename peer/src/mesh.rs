@@ -26,7 +26,7 @@ const FILE_FLUSH_DEADLINE: Duration = Duration::from_secs(60);
 const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// What the command line asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ChatOptions {
     /// Sent, in order, on every `chat` channel once it opens.
     pub send: Vec<String>,
@@ -36,6 +36,8 @@ pub struct ChatOptions {
     pub expect: Option<usize>,
     /// Local addresses to bind for peer connections.
     pub bind: Vec<String>,
+    /// `--ice-tick`.
+    pub ice_tick: std::time::Duration,
     /// `--send-file`, `--receive-dir`, `--expect-files`.
     pub files: FileOptions,
 }
@@ -229,6 +231,7 @@ impl Mesh<'_> {
         }
         let options = LinkOptions {
             bind: self.options.bind.clone(),
+            ice_tick: self.options.ice_tick,
             ice_servers: self.ice_servers.clone(),
             inbox: Some(Inbox { dir: self.options.files.receive_dir.clone(), events: self.file_tx.clone() }),
         };

@@ -49,26 +49,41 @@ pub const DEFAULT_BIND: [&str; 4] = ["127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::
 /// the default fits (TURN, IPv6).
 pub const SCTP_MTU: u32 = 1052;
 
-/// The settings every connection uses.
+/// The ICE agent's timer tick (`peer --ice-tick`): connectivity checks while connecting, STUN
+/// keepalives after.
 ///
-/// webrtc-rs 0.21 acts on several connect steps only at the ICE agent's next timer tick (200 ms
-/// by default): the first check after a remote candidate, the DTLS ClientHello, the SCTP INIT and
-/// the DCEP OPEN. A 10 ms tick (checks and keepalive) takes offer → open from ~600 ms to a few
-/// tens of ms on loopback; the number of checks is raised to keep the same 1.4 s budget.
-/// A peer-reflexive first pair is accepted at once instead of after 1 s. The cost is a STUN
-/// keepalive every 10 ms per connection, which is negligible for a chat mesh of a few peers.
-/// mDNS is off: nobody here resolves `.local` candidates, and with only `lo` it fails to bind.
-/// The SCTP packet size is [`SCTP_MTU`].
-pub fn setting_engine() -> SettingEngine {
-    setting_engine_builder().build()
+/// webrtc-rs 0.21 acts on several connect steps only at the agent's next tick (200 ms by
+/// default): the first check after a remote candidate, the DTLS ClientHello, the SCTP INIT and
+/// the DCEP OPEN. So the tick sets the connect time, and it also sets the idle cost, because the
+/// keepalive runs at the same rate for the connection's whole life. Measured on the 2-core
+/// machine (release, loopback; docs/benchmarks.md "Idle CPU"): join → chat open p50 45 / 67 /
+/// 157 ms and idle CPU ~1.4 / 0.9 / 0.4 % of a core per connection with a 10 / 20 / 50 ms tick.
+/// 10 ms is the default: a chat mesh is a handful of peers, and connecting fast is what they
+/// notice; a large mesh can trade with `--ice-tick`.
+pub const DEFAULT_ICE_TICK: Duration = Duration::from_millis(10);
+
+/// How long connectivity checks may go on before a pair fails: webrtc-rs's default budget
+/// (7 checks of 200 ms), kept whatever the tick.
+const ICE_CHECK_BUDGET: Duration = Duration::from_millis(1400);
+
+/// The settings every connection uses, with the ICE timer ticking every `ice_tick`.
+///
+/// A peer-reflexive first pair is accepted at once instead of after 1 s. mDNS is off: nobody here
+/// resolves `.local` candidates, and with only `lo` it fails to bind. The SCTP packet size is
+/// [`SCTP_MTU`].
+pub fn setting_engine(ice_tick: Duration) -> SettingEngine {
+    setting_engine_builder(ice_tick).build()
 }
 
 /// [`setting_engine`] before `build()`, for benchmarks that vary one setting.
-pub fn setting_engine_builder() -> SettingEngineBuilder {
-    let tick = Some(Duration::from_millis(10));
+pub fn setting_engine_builder(ice_tick: Duration) -> SettingEngineBuilder {
+    let ice_tick = ice_tick.max(Duration::from_millis(1));
+    let checks =
+        u16::try_from(ICE_CHECK_BUDGET.as_millis() / ice_tick.as_millis()).unwrap_or(u16::MAX).max(1);
+    let tick = Some(ice_tick);
     SettingEngineBuilder::new()
         .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
-        .with_ice_connection_attempts(tick, Some(140))
+        .with_ice_connection_attempts(tick, Some(checks))
         .with_ice_timeouts(None, None, tick)
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_sctp_mtu(SCTP_MTU)

@@ -48,6 +48,22 @@ fn two_peers_exchange_lines_both_ways_and_exit_when_expected() {
 }
 
 #[test]
+fn peers_with_a_slower_ice_tick_still_connect_and_chat() {
+    // `--ice-tick` trades connect time for idle CPU; peers with different ticks must still
+    // find each other (the slower one answers checks whenever they come).
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let (mut ana, ana_id) =
+            join(&server, "ana", &["--ice-tick", "50ms", "--send", "slow hello", "--expect", "1"]).await;
+        let (mut bob, bob_id) = join(&server, "bob", &["--send", "fast hello", "--expect", "1"]).await;
+        ana.wait_message(&bob_id, "fast hello").await;
+        bob.wait_message(&ana_id, "slow hello").await;
+        assert_eq!(ana.wait_exit().await, Some(0));
+        assert_eq!(bob.wait_exit().await, Some(0));
+    });
+}
+
+#[test]
 fn three_peers_form_a_full_mesh() {
     isolated(|| async {
         let server = Server::start(&[]).await;

@@ -10,7 +10,7 @@ use super::*;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 fn loopback() -> LinkOptions {
-    LinkOptions { bind: vec!["127.0.0.1:0".to_string()], ice_servers: Vec::new(), inbox: None }
+    LinkOptions { bind: vec!["127.0.0.1:0".to_string()], ..LinkOptions::default() }
 }
 
 /// How signals travel between the two links in a test.
