@@ -17,11 +17,13 @@
 //! - [`Server`] spawns the `server` binary on `127.0.0.1:0` and can kill and restart it on the
 //!   same port.
 //! - [`Peer`] spawns the `peer` binary with `--json` and waits for its events.
+//! - [`proxy::CuttingProxy`] sits between one client and the server and can drop that client.
 
 mod bins;
 pub mod browser;
 mod netns;
 mod peer;
+pub mod proxy;
 mod server;
 
 pub use bins::{bin_path, ensure_built};

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use tests::browser::{Browser, start_server_with_page};
+use tests::proxy::CuttingProxy;
 use tests::{Peer, isolated};
 
 /// Browser first, Rust peer second: the Rust peer is the newcomer and makes the offer.
@@ -275,6 +276,57 @@ fn the_page_rides_out_a_server_restart() {
         ana.wait_until("the banner gone", "return document.querySelector('#banner').hidden;").await;
         ana.send_line("back after the restart").await;
         rusty.wait_message(&ana_new, "back after the restart").await;
+        ana.close().await;
+    });
+}
+
+/// The page loses only its own connection to the server (a proxy in between drops it and
+/// refuses reconnects for a while) and resumes: same id, the Rust peer never sees it leave, and
+/// what happened meanwhile is not lost: a peer that joined during the outage gets connected to
+/// it from the queued signals, and chat over the existing channel kept flowing.
+#[test]
+fn the_page_resumes_after_its_connection_drops_without_losing_a_signal() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let proxy = CuttingProxy::start(server.addr()).await;
+        let mut rusty = Peer::spawn(&server, &["--room", "tunnel", "--name", "rusty"]).await;
+        let rusty_id = rusty.joined().await;
+        let ana = Browser::start("ana").await;
+        ana.open(&format!("{}/?room=tunnel&name=ana", proxy.http_url())).await;
+        let ana_id = ana.self_id().await;
+        ana.wait_connected(&rusty_id).await;
+
+        proxy.cut();
+        ana.wait_until(
+            "the reconnecting state",
+            "return document.querySelector('#status').textContent.includes('reconnecting');",
+        )
+        .await;
+        // Joins while ana is cut off: its welcome still lists her (suspended members stay), and
+        // its offer to her waits in her resume queue.
+        let mut bob =
+            Peer::spawn(&server, &["--room", "tunnel", "--name", "bob", "--send", "hello from bob"]).await;
+        let bob_id = bob.joined().await;
+        let welcome = bob.events()[0].clone();
+        let listed = welcome["peers"].as_array().is_some_and(|peers| peers.iter().any(|p| p["id"] == ana_id));
+        assert!(listed, "bob's welcome lists the suspended ana: {welcome}");
+        // The data channel does not need the server.
+        rusty.send_line("sent during the outage").await;
+        ana.wait_line(&rusty_id, "sent during the outage").await;
+
+        proxy.restore();
+        ana.wait_connected(&bob_id).await;
+        ana.wait_line(&bob_id, "hello from bob").await;
+        assert_eq!(ana.self_id().await, ana_id, "the page kept its id: it resumed, not rejoined");
+        ana.wait_until(
+            "the connected state",
+            "return !document.querySelector('#status').textContent.includes('reconnecting');",
+        )
+        .await;
+        ana.send_line("after the resume").await;
+        rusty.wait_message(&ana_id, "after the resume").await;
+        bob.wait_message(&ana_id, "after the resume").await;
+        rusty.assert_none("peer_left for ana", |e| e["event"] == "peer_left" && e["id"] == ana_id);
         ana.close().await;
     });
 }

@@ -1,0 +1,74 @@
+//! A TCP proxy the test owns, to drop one client's connections without touching the server or
+//! anyone else: put it between a client and the server, then [`CuttingProxy::cut`] aborts every
+//! connection it carries and refuses new ones until [`CuttingProxy::restore`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct CuttingProxy {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    /// Bumped by every cut; connection tasks end when it changes.
+    cuts: watch::Sender<u64>,
+    accept: JoinHandle<()>,
+}
+
+impl CuttingProxy {
+    /// Listens on a free loopback port and forwards every connection to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy: cannot bind");
+        let addr = listener.local_addr().expect("proxy: no local address");
+        let open = Arc::new(AtomicBool::new(true));
+        let (cuts, _) = watch::channel(0_u64);
+        let accept = {
+            let open = Arc::clone(&open);
+            let cuts = cuts.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    if !open.load(Ordering::SeqCst) {
+                        // Refused: the client sees its connection reset at once.
+                        drop(client);
+                        continue;
+                    }
+                    let mut cut = cuts.subscribe();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                        let mut client = client;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.changed() => {}
+                        }
+                    });
+                }
+            })
+        };
+        CuttingProxy { addr, open, cuts, accept }
+    }
+
+    /// `http://127.0.0.1:PORT`: where a client should connect instead of the server.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Aborts every connection carried so far and refuses new ones.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// Lets new connections through again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
