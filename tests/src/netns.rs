@@ -1,8 +1,9 @@
 //! Running one test inside a loopback-only network namespace.
 //!
 //! The test process re-executes itself for just that test under
-//! `unshare --net --mount --pid --fork --kill-child`, with `lo` brought up and nothing else
-//! (and sysfs remounted, so that `/sys/class/net` lists the namespace's own interfaces). Inside, the
+//! `unshare --net --mount --pid --fork --mount-proc --kill-child`, with `lo` brought up and
+//! nothing else (sysfs remounted, so that `/sys/class/net` lists the namespace's own interfaces,
+//! and a fresh `/proc`, so that `/proc/<pid>` of a spawned server or peer is that process). Inside, the
 //! body runs on a tokio runtime. The PID namespace makes cleanup certain: when the inner test
 //! process ends (or the outer one kills it), the kernel kills every server and peer it spawned.
 
@@ -115,8 +116,9 @@ fn run_outside(limit: Duration) {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("cannot locate the test executable: {e}"));
 
     let mut child = Command::new("unshare")
-        .args(["--net", "--mount", "--pid", "--fork", "--kill-child", "--", "sh", "-c"])
-        // A private mount namespace so that a fresh sysfs shows this namespace's interfaces.
+        .args(["--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "--", "sh", "-c"])
+        // A private mount namespace so that a fresh sysfs shows this namespace's interfaces and
+        // a fresh procfs this PID namespace's processes (both mounts stay inside the test).
         .arg(r#"mount -t sysfs sysfs /sys && ip link set lo up && exec "$0" "$@""#)
         .arg(&exe)
         // `--include-ignored`: this process already chose to run the test (an `#[ignore]`d one

@@ -101,17 +101,6 @@ fn is(event: &Value, name: &str) -> bool {
     event["event"] == name
 }
 
-/// Mounts a `/proc` of the test's own PID namespace. The namespace harness gives each test its
-/// own PID and mount namespaces but leaves the host's `/proc`, where the peers' PIDs name other
-/// processes. The mount is private to this test's mount namespace.
-fn mount_own_proc() {
-    let status = std::process::Command::new("mount").args(["-t", "proc", "proc", "/proc"]).status();
-    match status {
-        Ok(s) if s.success() => {}
-        other => panic!("cannot mount /proc for this PID namespace (needed to read peak RSS): {other:?}"),
-    }
-}
-
 /// A field of `/proc/PID/status` in KiB (`VmHWM` is the peak resident set, `VmRSS` the current).
 fn proc_kib(pid: Option<u32>, field: &str) -> u64 {
     let pid = pid.unwrap_or_else(|| panic!("the process has exited; cannot read its {field}"));
@@ -198,7 +187,6 @@ fn rust_to_rust_files_of_every_size_arrive_with_the_same_sha256() {
 #[test]
 fn a_50_mb_file_rust_to_rust_keeps_memory_bounded() {
     isolated_with_timeout(Duration::from_secs(600), || async {
-        mount_own_proc();
         let server = Server::start(&[]).await;
         let scratch = Scratch::new("big");
         let source = scratch.join("big.bin");
