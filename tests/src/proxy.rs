@@ -30,12 +30,14 @@ impl CuttingProxy {
             let cuts = cuts.clone();
             tokio::spawn(async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    // Subscribed before `open` is read: a cut racing this accept either refuses
+                    // the connection or ends it, never misses it.
+                    let mut cut = cuts.subscribe();
                     if !open.load(Ordering::SeqCst) {
-                        // Refused: the client sees its connection reset at once.
+                        // Refused: the client sees its connection end at once.
                         drop(client);
                         continue;
                     }
-                    let mut cut = cuts.subscribe();
                     tokio::spawn(async move {
                         let Ok(mut server) = TcpStream::connect(upstream).await else { return };
                         let mut client = client;
@@ -70,5 +72,7 @@ impl CuttingProxy {
 impl Drop for CuttingProxy {
     fn drop(&mut self) {
         self.accept.abort();
+        // And every connection it still carries.
+        self.cuts.send_modify(|n| *n += 1);
     }
 }

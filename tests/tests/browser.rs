@@ -6,11 +6,12 @@
 //! them they fail and say so.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tests::browser::{Browser, start_server_with_page};
 use tests::proxy::CuttingProxy;
-use tests::{Peer, isolated};
+use tests::{Peer, Server, isolated};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Browser first, Rust peer second: the Rust peer is the newcomer and makes the offer.
 #[test]
@@ -281,52 +282,85 @@ fn the_page_rides_out_a_server_restart() {
 }
 
 /// The page loses only its own connection to the server (a proxy in between drops it and
-/// refuses reconnects for a while) and resumes: same id, the Rust peer never sees it leave, and
-/// what happened meanwhile is not lost: a peer that joined during the outage gets connected to
-/// it from the queued signals, and chat over the existing channel kept flowing.
+/// refuses reconnects for a while) and resumes, which a user notices as nothing lost:
+/// - while cut off, the page says so (`#status` `data-state="reconnecting"`, the banner), and
+///   chat over its open data channel keeps flowing both ways;
+/// - a peer that joins during the outage is queued for the page by the server (its
+///   `peer_joined` and offer) and gets connected once the page is back;
+/// - the page keeps its id (`data-self-id`) and its connection to the Rust peer, which never sees
+///   it leave (no `peer_left`, no `channel_closed`, no second `channel_open`).
+///
+/// The outage is as long as bob's join and one chat line take (about a second); the server's
+/// resume grace stays at its default 20 s. It fails when the page does not send its resume
+/// token (a fresh join gets a new id, and rusty sees ana leave after the grace).
 #[test]
 fn the_page_resumes_after_its_connection_drops_without_losing_a_signal() {
     isolated(|| async {
-        let server = start_server_with_page(&[]).await;
+        let server = start_server_with_page(&["--resume-grace", "20s"]).await;
         let proxy = CuttingProxy::start(server.addr()).await;
         let mut rusty = Peer::spawn(&server, &["--room", "tunnel", "--name", "rusty"]).await;
         let rusty_id = rusty.joined().await;
         let ana = Browser::start("ana").await;
+        // The page's WebSocket goes to its own origin's /ws: through the proxy too.
         ana.open(&format!("{}/?room=tunnel&name=ana", proxy.http_url())).await;
         let ana_id = ana.self_id().await;
         ana.wait_connected(&rusty_id).await;
+        rusty.wait_for("channel_open to ana", |e| e["event"] == "channel_open" && e["peer"] == ana_id).await;
 
         proxy.cut();
         ana.wait_until(
             "the reconnecting state",
-            "return document.querySelector('#status').textContent.includes('reconnecting');",
+            r#"const b = document.querySelector('#banner');
+               return document.querySelector('#status').dataset.state === 'reconnecting'
+                 && !b.hidden && b.textContent.includes('Reconnecting');"#,
         )
         .await;
-        // Joins while ana is cut off: its welcome still lists her (suspended members stay), and
-        // its offer to her waits in her resume queue.
+        // The server has seen the connection end and keeps ana as a suspended member: from now
+        // on, what it would send her goes to her resume queue.
+        wait_for_metric(&server, "switchboard_suspended_members", 1.0).await;
+
         let mut bob =
             Peer::spawn(&server, &["--room", "tunnel", "--name", "bob", "--send", "hello from bob"]).await;
-        let bob_id = bob.joined().await;
-        let welcome = bob.events()[0].clone();
+        let welcome = bob.wait_event("welcome").await;
+        let bob_id = welcome["id"].as_str().unwrap_or_default().to_string();
         let listed = welcome["peers"].as_array().is_some_and(|peers| peers.iter().any(|p| p["id"] == ana_id));
         assert!(listed, "bob's welcome lists the suspended ana: {welcome}");
-        // The data channel does not need the server.
+        // The data channel does not need the server, in either direction.
         rusty.send_line("sent during the outage").await;
         ana.wait_line(&rusty_id, "sent during the outage").await;
+        ana.send_line("typed during the outage").await;
+        rusty.wait_message(&ana_id, "typed during the outage").await;
+        // Still cut off: bob's offer is waiting in ana's queue, not at the page.
+        assert_eq!(metric(&server, "switchboard_suspended_members").await, 1.0, "ana stayed suspended");
 
         proxy.restore();
-        ana.wait_connected(&bob_id).await;
-        ana.wait_line(&bob_id, "hello from bob").await;
-        assert_eq!(ana.self_id().await, ana_id, "the page kept its id: it resumed, not rejoined");
         ana.wait_until(
-            "the connected state",
-            "return !document.querySelector('#status').textContent.includes('reconnecting');",
+            "the joined state after the resume",
+            r#"return document.querySelector('#status').dataset.state === 'joined'
+                 && document.querySelector('#banner').hidden;"#,
         )
         .await;
+        assert_eq!(ana.self_id().await, ana_id, "the page kept its id: it resumed, not rejoined");
+        wait_for_metric(&server, "switchboard_suspended_members", 0.0).await;
+        ana.wait_connected(&bob_id).await;
+        bob.wait_for("channel_open to ana", |e| e["event"] == "channel_open" && e["peer"] == ana_id).await;
+        ana.wait_line(&bob_id, "hello from bob").await;
         ana.send_line("after the resume").await;
-        rusty.wait_message(&ana_id, "after the resume").await;
         bob.wait_message(&ana_id, "after the resume").await;
+        rusty.wait_message(&ana_id, "after the resume").await;
+        // The connection to rusty is the one from before the outage: still up, never rebuilt.
+        ana.wait_connected(&rusty_id).await;
+        let shown = ana.chat_lines().await;
+        assert_eq!(
+            shown.iter().filter(|l| l.from == rusty_id && l.text == "sent during the outage").count(),
+            1,
+            "the line sent during the outage is shown once: {shown:?}"
+        );
         rusty.assert_none("peer_left for ana", |e| e["event"] == "peer_left" && e["id"] == ana_id);
+        rusty.assert_none("a closed or reopened channel to ana", |e| {
+            (e["event"] == "channel_closed" || e["event"] == "channel_open") && e["peer"] == ana_id
+        });
+        bob.assert_none("peer_left for ana", |e| e["event"] == "peer_left" && e["id"] == ana_id);
         ana.close().await;
     });
 }
@@ -395,4 +429,30 @@ fn a_room_token_in_the_link_lets_the_page_in() {
         );
         ana.close().await;
     });
+}
+
+/// One value from the server's `/metrics` (asked directly, not through any proxy).
+async fn metric(server: &Server, name: &str) -> f64 {
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("server accepts TCP");
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr());
+    stream.write_all(request.as_bytes()).await.expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("response read");
+    response
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{response}"))
+}
+
+/// Waits until `/metrics` shows `name` at `value`, failing with what it showed last.
+async fn wait_for_metric(server: &Server, name: &str, value: f64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = metric(server, name).await;
+        if now == value {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {now}, expected {value}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
