@@ -1,17 +1,22 @@
 //! How every peer connection is built: settings measured for fast connects on loopback, the
-//! sockets to bind, and UDP socket buffers large enough for full-speed data channels.
+//! sockets to bind, UDP socket buffers large enough for full-speed data channels, and one
+//! receive per driver turn so that a browser sending to us gets its SACKs often enough.
 
 use std::future::Future;
 use std::io;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
 use webrtc::peer_connection::{RTCIceServer, SettingEngine, SettingEngineBuilder};
 use webrtc::runtime::{
-    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime, TokioRuntime,
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
+    TokioRuntime, Transmit,
 };
 
 /// UDP socket buffer size. The kernel default (~208 KB) makes the receiver drop datagrams under
@@ -102,7 +107,7 @@ pub fn ice_servers(servers: &[protocol::IceServer]) -> Vec<RTCIceServer> {
 }
 
 /// The tokio runtime, except that every UDP socket gets [`UDP_BUFFER_BYTES`] of send and
-/// receive buffer before webrtc-rs starts using it.
+/// receive buffer before webrtc-rs starts using it, and is wrapped in [`OneReceivePerTurn`].
 #[derive(Debug)]
 pub struct BigBufferRuntime(TokioRuntime);
 
@@ -134,7 +139,8 @@ impl Runtime for BigBufferRuntime {
         if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER_BYTES) {
             tracing::debug!("cannot raise SO_SNDBUF: {e}");
         }
-        self.0.wrap_udp_socket(socket)
+        let inner = self.0.wrap_udp_socket(socket)?;
+        Ok(Arc::new(OneReceivePerTurn { inner, just_received: AtomicBool::new(false) }))
     }
 
     fn wrap_tcp_listener(&self, listener: std::net::TcpListener) -> io::Result<Arc<dyn AsyncTcpListener>> {
@@ -176,6 +182,71 @@ impl Runtime for BigBufferRuntime {
     }
 
     fn name(&self) -> &'static str {
-        "tokio (2 MiB UDP buffers)"
+        "tokio (2 MiB UDP buffers, one receive per turn)"
+    }
+}
+
+/// A UDP socket that hands webrtc-rs's driver at most one receive per turn of its loop, so that
+/// the SCTP SACKs it owes go out after every second packet instead of once per burst.
+///
+/// Why: after each receive, webrtc-rs 0.21's driver drains up to 64 more ready datagrams
+/// without blocking (`MAX_UDP_RECV_BURST`, probing `poll_recv` with a no-op waker) and only then
+/// flushes, so a burst of DATA packets is answered by one SACK. Chromium's SCTP (dcsctp) sends at
+/// most 4 packets (`max_burst`) each time something lets it send: a SACK, or the page's
+/// `send()`. While the page waits for `bufferedamountlow` only SACKs do, so a browser sending a
+/// file to us sent 4 packets, waited for the one SACK that answered them (~0.45 ms round trip
+/// through Chromium's processes on loopback), sent 4 more: ~4.6 KB per round trip whatever the
+/// windows (the receive window stayed above 1 MB, no loss). Answering this burst drain with
+/// "not ready" (once after every receive that returned data) makes the driver flush after each
+/// receive; webrtc-rs's SACK rule (delay the first packet, acknowledge the second) then sends a
+/// SACK per two packets, each lets dcsctp send 4, and the flight grows until CPU is the bound.
+///
+/// Measured on the 2-core machine (docs/benchmarks.md, "Files", "Browser → Rust"): the 50 MiB
+/// browser → Rust test 13.2–23.9 MB/s on the wire (median 16.4, 16 runs) with this against
+/// 10.8–16.7 (median 13.7, 12 runs) without, interleaved in one session (load 0.7–3.1; with it
+/// the two cores are busy, mostly with Chromium). Rust → Rust, which sends with GSO and so
+/// arrives in GRO batches (one receive, many packets, still one SACK), 94–105 against
+/// 90–97 MB/s: unchanged.
+#[derive(Debug)]
+struct OneReceivePerTurn {
+    inner: Arc<dyn AsyncUdpSocket>,
+    /// Set when the last `poll_recv` returned data: the next one answers "not ready".
+    just_received: AtomicBool,
+}
+
+impl AsyncUdpSocket for OneReceivePerTurn {
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
+        self.inner.poll_send(cx, transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        if self.just_received.swap(false, Ordering::Relaxed) {
+            // The driver's burst probe (a no-op waker) stops here and the driver flushes. Any
+            // other caller is woken at once and gets the datagram on its next poll.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let polled = self.inner.poll_recv(cx, bufs, meta);
+        if matches!(polled, Poll::Ready(Ok(_))) {
+            self.just_received.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn max_gso_segments(&self) -> usize {
+        self.inner.max_gso_segments()
+    }
+
+    fn max_gro_segments(&self) -> usize {
+        self.inner.max_gro_segments()
     }
 }
