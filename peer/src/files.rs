@@ -34,7 +34,8 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::peer_connection::PeerConnection;
+
+use crate::channels::ChannelOpener;
 
 /// The label of a file channel (PROTOCOL.md).
 pub const FILE_LABEL: &str = "file";
@@ -643,11 +644,11 @@ pub enum Corruption {
     Truncate,
 }
 
-/// Sends `file` to `remote` on a new `file` channel of `pc` and reports the outcome as
+/// Sends `file` to `remote` on a new `file` channel from `opener` and reports the outcome as
 /// [`FileEvent::Sent`]. `corrupt` is for tests only.
 pub async fn send(
     remote: String,
-    pc: Arc<dyn PeerConnection>,
+    opener: ChannelOpener,
     file: Arc<Outgoing>,
     corrupt: Option<Corruption>,
     events: FileEvents,
@@ -660,7 +661,7 @@ pub async fn send(
     reporter
         .emit(FileEvent::Started { peer: remote.clone(), transfer, outgoing: true, name: name.clone(), size })
         .await;
-    let result = match pc.create_data_channel(FILE_LABEL, None).await {
+    let result = match opener.open(FILE_LABEL).await {
         Ok(channel) => {
             let result = send_on(channel.as_ref(), &file, corrupt, &mut reporter).await;
             // The protocol's last step, whatever happened: the sender closes the channel.
@@ -681,7 +682,7 @@ pub async fn send(
         .await;
 }
 
-/// Waits for the channel to open, sends header and bytes while watching the channel's events,
+/// Sends header and bytes on the open channel while watching its events,
 /// and returns the receiver's verdict.
 async fn send_on(
     channel: &dyn DataChannel,
@@ -689,13 +690,6 @@ async fn send_on(
     corrupt: Option<Corruption>,
     reporter: &mut Reporter,
 ) -> Result<(), FileError> {
-    loop {
-        match channel.poll().await {
-            Some(DataChannelEvent::OnOpen) => break,
-            Some(DataChannelEvent::OnClose) | None => return Err(FileError::ClosedBeforeAnswer),
-            Some(_) => {}
-        }
-    }
     let mut header = file.header.clone();
     if corrupt == Some(Corruption::Hash) {
         header.sha256 = hex::encode(Sha256::digest(b"not the file"));

@@ -8,6 +8,7 @@
 //! - [`transport`]: how connections are built (settings, sockets, buffers).
 //! - [`output`]: human-readable and `--json` output.
 
+pub mod channels;
 pub mod files;
 pub mod link;
 pub mod mesh;

@@ -27,6 +27,7 @@ use webrtc::peer_connection::{
     RTCSessionDescription,
 };
 
+use crate::channels::{ChannelOpener, LocalChannels};
 use crate::files::{self, FILE_LABEL, Inbox};
 use crate::transport;
 
@@ -110,6 +111,8 @@ struct Shared {
     /// (webrtc-rs fills `sdpMid` with "" and no ufrag, which browsers may reject).
     local_mid: Mutex<(Option<String>, Option<String>)>,
     inbox: Option<Inbox>,
+    /// Channels opened here on the live connection (issue 8's `file` channels).
+    local_channels: Arc<LocalChannels>,
     tasks: TaskTracker,
 }
 
@@ -159,6 +162,7 @@ impl Link {
             chat: Mutex::new(None),
             local_mid: Mutex::new((None, None)),
             inbox: options.inbox.clone(),
+            local_channels: Arc::default(),
             tasks: TaskTracker::new(),
         });
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -215,8 +219,13 @@ impl Link {
         tx.send(text).await.map_err(|_| LinkError::ChatNotOpen)
     }
 
-    /// The peer connection, for what this module does not cover (issue 8's `file` channels).
-    pub fn peer_connection(&self) -> &Arc<dyn PeerConnection> {
+    /// Opens data channels on this link's connection (issue 8's `file` channels).
+    pub fn channel_opener(&self) -> ChannelOpener {
+        ChannelOpener { pc: self.pc.clone(), channels: self.shared.local_channels.clone() }
+    }
+
+    #[cfg(test)]
+    fn peer_connection(&self) -> &Arc<dyn PeerConnection> {
         &self.pc
     }
 
@@ -242,6 +251,7 @@ impl Link {
         if let Err(e) = self.pc.close().await {
             tracing::debug!(peer = %self.shared.remote, "closing the peer connection: {e}");
         }
+        self.shared.local_channels.release();
         drop(self.input);
         self.shared.tasks.close();
         // The channel task ends when the connection closes; don't wait on a stuck driver forever.
@@ -310,17 +320,28 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
-        let label = channel.label().await.unwrap_or_default();
-        if label == CHAT_LABEL {
-            self.shared.tasks.spawn(run_chat_channel(self.shared.clone(), channel));
-        } else if label == FILE_LABEL
-            && let Some(inbox) = &self.shared.inbox
-        {
-            self.shared.tasks.spawn(files::receive(self.shared.remote.clone(), channel, inbox.clone()));
-        } else {
-            tracing::info!(peer = %self.shared.remote, "closing unsupported data channel {label:?}");
-            let _ = channel.close().await;
-        }
+        // In a task: telling a phantom (see `channels`) from a remote's channel may wait for a
+        // `create_data_channel` in progress, which must not hold up the driver.
+        self.shared.tasks.spawn(serve_remote_channel(self.shared.clone(), channel));
+    }
+}
+
+/// Serves a channel the remote opened: `chat`, or `file` when we accept files.
+async fn serve_remote_channel(shared: Arc<Shared>, channel: Arc<dyn DataChannel>) {
+    if shared.local_channels.adopt_if_own(&channel).await {
+        tracing::debug!(peer = %shared.remote, "webrtc-rs announced a channel of ours as remote; kept aside");
+        return;
+    }
+    let label = channel.label().await.unwrap_or_default();
+    if label == CHAT_LABEL {
+        run_chat_channel(shared, channel).await;
+    } else if label == FILE_LABEL
+        && let Some(inbox) = &shared.inbox
+    {
+        files::receive(shared.remote.clone(), channel, inbox.clone()).await;
+    } else {
+        tracing::info!(peer = %shared.remote, "closing unsupported data channel {label:?}");
+        let _ = channel.close().await;
     }
 }
 

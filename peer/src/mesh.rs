@@ -281,11 +281,11 @@ impl Mesh<'_> {
                 }
                 if let Some(link) = self.links.get(&remote) {
                     for file in &self.options.files.send {
-                        let pc = link.peer_connection().clone();
+                        let opener = link.channel_opener();
                         let (file, corrupt) = (file.clone(), self.options.files.corrupt);
                         self.sends.spawn(files::send(
                             remote.clone(),
-                            pc,
+                            opener,
                             file,
                             corrupt,
                             self.file_tx.clone(),

@@ -462,6 +462,8 @@ return {
   join_error: q('#join-error') && !q('#join-error').hidden ? q('#join-error').textContent : null,
   peers: [...document.querySelectorAll('[data-peer-id]')].map(e =>
     `${e.dataset.peerId} channel=${e.dataset.channel} connection=${e.dataset.connection}`),
+  transfers: [...document.querySelectorAll('[data-file-name]')].map(e =>
+    `${e.dataset.fileDirection} ${e.dataset.fileName} ${e.dataset.fileState}: ${e.querySelector('.transfer-status')?.textContent ?? ''}`),
   log: [...document.querySelectorAll('#log > li')].map(e =>
     e.dataset.chatFrom ? `${e.dataset.chatFrom}: ${e.querySelector('[data-chat-text]').textContent}` : `-- ${e.textContent}`),
 };

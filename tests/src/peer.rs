@@ -37,6 +37,26 @@ pub struct Peer {
     id: Option<String>,
 }
 
+/// A test that fails while a peer runs shows what the peer had said: the events the test read
+/// and those it had not read yet (often the clue, e.g. a `file_sent` with an error).
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let read = self.events.len();
+        while let Ok(event) = self.rx.try_recv() {
+            self.events.push(event);
+        }
+        let mut report =
+            format!("peer {}: {} events ({read} read by the test):\n", self.label, self.events.len());
+        for event in self.events.iter().rev().take(40).rev() {
+            report.push_str(&format!("  {event}\n"));
+        }
+        eprint!("{report}");
+    }
+}
+
 impl Peer {
     /// Spawns `peer --server <server ws url> --json ARGS...`.
     pub async fn spawn(server: &Server, args: &[&str]) -> Peer {

@@ -33,9 +33,14 @@ struct Pair {
 
 /// `a` (polite, the newcomer) and `b` (impolite), with a task relaying signals between them.
 async fn pair(wire: Wire) -> Pair {
+    pair_with(wire, loopback()).await
+}
+
+/// [`pair`] with `b`'s options.
+async fn pair_with(wire: Wire, b_options: LinkOptions) -> Pair {
     let (tx, mut rx) = mpsc::channel::<(String, LinkEvent)>(256);
     let a = Link::new("b".into(), true, &loopback(), tx.clone()).await.expect("link a");
-    let b = Link::new("a".into(), false, &loopback(), tx).await.expect("link b");
+    let b = Link::new("a".into(), false, &b_options, tx).await.expect("link b");
     let (a_out, a_events) = mpsc::channel(256);
     let (b_out, b_events) = mpsc::channel(256);
     // The relay needs to call into the links, so it gets its own handles through channels.
@@ -184,4 +189,59 @@ fn binary_oversized_and_invalid_utf8_chat_messages_are_ignored() {
     assert_eq!(chat_line("r", false, BytesMut::from(&b"ok"[..])), None);
     assert_eq!(chat_line("r", true, BytesMut::from(&[0xff, 0xfe][..])), None);
     assert_eq!(chat_line("r", true, BytesMut::from(vec![b'a'; MAX_CHAT_LINE_BYTES + 1].as_slice())), None);
+}
+
+/// Many files sent at once to one peer all arrive: each has its own `file` channel, opened on
+/// the live connection through `channels` (which guards against a webrtc-rs race that can
+/// leave such a channel never reported open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_files_sent_at_once_on_a_live_connection_all_arrive() {
+    // Below the receiver's limit of transfers at once (`files::MAX_INCOMING`).
+    const FILES: usize = 32;
+    let dir = std::env::temp_dir().join(format!("switchboard-link-files-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("in")).expect("scratch dir");
+    let source = dir.join("small.bin");
+    std::fs::write(&source, vec![7u8; 3000]).expect("write the file");
+    let file = Arc::new(files::Outgoing::prepare(&source).expect("prepare"));
+
+    let (received_tx, mut received) = mpsc::channel(FILES * 4);
+    let inbox = Inbox { dir: dir.join("in"), events: received_tx };
+    let mut p = pair_with(Wire::Trickle, LinkOptions { inbox: Some(inbox), ..loopback() }).await;
+    p.a.offer().await;
+    expect_open(&mut p.a_events).await;
+    expect_open(&mut p.b_events).await;
+
+    let (sent_tx, mut sent) = mpsc::channel(FILES * 4);
+    let opener = p.a.channel_opener();
+    for _ in 0..FILES {
+        tokio::spawn(files::send("b".into(), opener.clone(), file.clone(), None, sent_tx.clone()));
+    }
+    let mut failures = Vec::new();
+    let mut done = 0;
+    while done < FILES {
+        match tokio::time::timeout(DEADLINE, sent.recv()).await {
+            Ok(Some(files::FileEvent::Sent { error, .. })) => {
+                done += 1;
+                failures.extend(error);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => unreachable!("the test holds a sender"),
+            Err(_) => panic!("only {done} of {FILES} transfers ended within {DEADLINE:?}"),
+        }
+    }
+    assert!(failures.is_empty(), "{} transfers failed, e.g. {:?}", failures.len(), failures.first());
+    let mut stored = 0;
+    while stored < FILES {
+        match tokio::time::timeout(DEADLINE, received.recv()).await {
+            Ok(Some(files::FileEvent::Received { .. })) => stored += 1,
+            Ok(Some(files::FileEvent::Failed { error, .. })) => panic!("b failed a transfer: {error}"),
+            Ok(Some(_)) => {}
+            Ok(None) => unreachable!("the inbox holds a sender"),
+            Err(_) => panic!("b stored only {stored} of {FILES} files within {DEADLINE:?}"),
+        }
+    }
+    p.a.close(None).await;
+    p.b.close(None).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
