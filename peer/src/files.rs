@@ -501,7 +501,7 @@ impl Drop for IncomingSlot {
 pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox) {
     let Some(_slot) = IncomingSlot::take() else {
         tracing::warn!(peer = %remote, "refusing a file: {MAX_INCOMING} transfers are already coming in");
-        refuse_busy(channel.as_ref()).await;
+        refuse_busy(&remote, channel.as_ref()).await;
         return;
     };
     let transfer = next_transfer_id();
@@ -571,13 +571,15 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
 }
 
 /// Answers a transfer we cannot take now, once its header arrived, and closes the channel.
-async fn refuse_busy(channel: &dyn DataChannel) {
+async fn refuse_busy(remote: &str, channel: &dyn DataChannel) {
     let busy =
         Answer { ok: false, error: Some(format!("the receiver is busy ({MAX_INCOMING} transfers at once)")) };
     while let Some(event) = channel.poll().await {
         match event {
             DataChannelEvent::OnMessage(_) => {
-                let _ = channel.send_text(&busy.to_json()).await;
+                // Acknowledged before the close: a close sent right behind the answer reached
+                // the sender first, which then reported "closed before the receiver answered".
+                answer(remote, channel, &busy).await;
                 break;
             }
             DataChannelEvent::OnClose => return,

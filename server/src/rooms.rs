@@ -40,7 +40,11 @@ impl Default for RoomsConfig {
             room_size: 16,
             max_rooms: 10_000,
             resume_grace: Duration::from_secs(20),
-            outbox: Bound { frames: 1024, bytes: 1024 * 1024 },
+            // 4,096 frames: well above one member's allowed burst (1,200 signals), so that a
+            // client that reads is not closed because a peer used its burst while the writer
+            // waited for a core (seen on a loaded 2-core machine with 1,024). The memory bound
+            // is the 1 MiB.
+            outbox: Bound { frames: 4096, bytes: 1024 * 1024 },
             ice_servers: Vec::new(),
         }
     }

@@ -29,7 +29,17 @@ impl CuttingProxy {
             let open = Arc::clone(&open);
             let cuts = cuts.clone();
             tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
+                loop {
+                    let client = match listener.accept().await {
+                        Ok((client, _)) => client,
+                        // Transient (ECONNABORTED, EMFILE): a proxy that stopped accepting would
+                        // look like the server refusing connections.
+                        Err(e) => {
+                            eprintln!("proxy: accept failed ({e}); accepting again");
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
                     // Subscribed before `open` is read: a cut racing this accept either refuses
                     // the connection or ends it, never misses it.
                     let mut cut = cuts.subscribe();

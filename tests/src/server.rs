@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::bins::bin_path;
@@ -44,6 +44,33 @@ impl Server {
     /// `ws://127.0.0.1:PORT/ws`
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// One value from its `/metrics`, asked directly (not through any proxy a test put in front).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        let mut response = String::new();
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.expect("the server accepts TCP");
+        stream.write_all(request.as_bytes()).await.expect("/metrics request sent");
+        stream.read_to_string(&mut response).await.expect("/metrics response read");
+        response
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{response}"))
+    }
+
+    /// Waits (at most 20 s) until `/metrics` shows `name` at `value`, failing with what it
+    /// showed last.
+    pub async fn wait_for_metric(&self, name: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.metric(name).await;
+            if now == value {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {now}, expected {value}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The OS process id, while it runs.

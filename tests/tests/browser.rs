@@ -6,12 +6,11 @@
 //! them they fail and say so.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tests::browser::{Browser, start_server_with_page};
 use tests::proxy::CuttingProxy;
-use tests::{Peer, Server, isolated};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tests::{Peer, isolated};
 
 /// Browser first, Rust peer second: the Rust peer is the newcomer and makes the offer.
 #[test]
@@ -317,7 +316,7 @@ fn the_page_resumes_after_its_connection_drops_without_losing_a_signal() {
         .await;
         // The server has seen the connection end and keeps ana as a suspended member: from now
         // on, what it would send her goes to her resume queue.
-        wait_for_metric(&server, "switchboard_suspended_members", 1.0).await;
+        server.wait_for_metric("switchboard_suspended_members", 1.0).await;
 
         let mut bob =
             Peer::spawn(&server, &["--room", "tunnel", "--name", "bob", "--send", "hello from bob"]).await;
@@ -331,7 +330,7 @@ fn the_page_resumes_after_its_connection_drops_without_losing_a_signal() {
         ana.send_line("typed during the outage").await;
         rusty.wait_message(&ana_id, "typed during the outage").await;
         // Still cut off: bob's offer is waiting in ana's queue, not at the page.
-        assert_eq!(metric(&server, "switchboard_suspended_members").await, 1.0, "ana stayed suspended");
+        assert_eq!(server.metric("switchboard_suspended_members").await, 1.0, "ana stayed suspended");
 
         proxy.restore();
         ana.wait_until(
@@ -341,7 +340,7 @@ fn the_page_resumes_after_its_connection_drops_without_losing_a_signal() {
         )
         .await;
         assert_eq!(ana.self_id().await, ana_id, "the page kept its id: it resumed, not rejoined");
-        wait_for_metric(&server, "switchboard_suspended_members", 0.0).await;
+        server.wait_for_metric("switchboard_suspended_members", 0.0).await;
         ana.wait_connected(&bob_id).await;
         bob.wait_for("channel_open to ana", |e| e["event"] == "channel_open" && e["peer"] == ana_id).await;
         ana.wait_line(&bob_id, "hello from bob").await;
@@ -429,30 +428,4 @@ fn a_room_token_in_the_link_lets_the_page_in() {
         );
         ana.close().await;
     });
-}
-
-/// One value from the server's `/metrics` (asked directly, not through any proxy).
-async fn metric(server: &Server, name: &str) -> f64 {
-    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.expect("server accepts TCP");
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", server.addr());
-    stream.write_all(request.as_bytes()).await.expect("request sent");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("response read");
-    response
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{response}"))
-}
-
-/// Waits until `/metrics` shows `name` at `value`, failing with what it showed last.
-async fn wait_for_metric(server: &Server, name: &str, value: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = metric(server, name).await;
-        if now == value {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {now}, expected {value}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
