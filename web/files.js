@@ -351,7 +351,10 @@ export class FileTransfers {
     };
     channel.onclose = () => {
       if (finished) return;
-      fail(header ? `channel closed after ${received} of ${header.size} bytes` : "channel closed before the header");
+      // No header, no transfer: nothing to show (a Rust sender retrying a channel that did not
+      // open leaves such channels behind).
+      if (!header) return;
+      fail(`channel closed after ${received} of ${header.size} bytes`);
     };
   }
 

@@ -41,6 +41,8 @@ use crate::channels::ChannelOpener;
 pub const FILE_LABEL: &str = "file";
 /// Largest binary message of a transfer (PROTOCOL.md): what every browser sends and accepts.
 pub const CHUNK_BYTES: usize = 16 * 1024;
+/// How long an "ok" that arrives while the last `send` has not returned waits for it.
+const LAST_SEND_DEADLINE: Duration = Duration::from_secs(2);
 /// Largest header we read. A real one is well under 1 KiB; a bigger one is refused unparsed.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Longest stored name in bytes, below the usual 255-byte file-name limit, with room for a
@@ -562,11 +564,19 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
             _ => {}
         }
     }
-    if let Some(error) = incoming.on_close() {
-        // `on_close` removed the temporary file before anyone hears of the failure.
-        let error = error.to_string();
-        tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
-        reporter.emit(FileEvent::Failed { peer: remote, transfer, name: claimed, error }).await;
+    match incoming.on_close() {
+        None => {}
+        // No header, no transfer: nothing to name or show. A sender retrying a channel that
+        // did not open (`channels::LocalChannels::open`) leaves such channels behind.
+        Some(FileError::ClosedBeforeHeader) => {
+            tracing::debug!(peer = %remote, "a file channel closed before its header");
+        }
+        Some(error) => {
+            // `on_close` removed the temporary file before anyone hears of the failure.
+            let error = error.to_string();
+            tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
+            reporter.emit(FileEvent::Failed { peer: remote, transfer, name: claimed, error }).await;
+        }
     }
 }
 
@@ -719,10 +729,19 @@ async fn send_on(
                 Some(DataChannelEvent::OnMessage(message)) if message.is_string => {
                     let answer: Answer = serde_json::from_slice(&message.data)
                         .map_err(|e| FileError::BadAnswer(e.to_string()))?;
-                    return match (answer.ok, sent_all) {
-                        (true, true) => Ok(()),
-                        (true, false) => Err(FileError::BadAnswer("ok before all bytes were sent".into())),
-                        (false, _) => Err(FileError::Refused(answer.error.unwrap_or_else(|| "no reason given".into()))),
+                    if !answer.ok {
+                        return Err(FileError::Refused(answer.error.unwrap_or_else(|| "no reason given".into())));
+                    }
+                    if sent_all {
+                        return Ok(());
+                    }
+                    // The last bytes can be on their way while `send` has not returned yet
+                    // (it still waits on the driver), and a fast receiver's "ok" can come
+                    // first: give it a moment to return. Not returning means the receiver
+                    // answered before it could have had everything.
+                    return match tokio::time::timeout(LAST_SEND_DEADLINE, &mut bytes).await {
+                        Ok(result) => result,
+                        Err(_) => Err(FileError::BadAnswer("ok before all bytes were sent".into())),
                     };
                 }
                 Some(DataChannelEvent::OnClose) | None => {
