@@ -47,6 +47,20 @@ pub fn ensure_built() {
     }
 }
 
+/// Variables cargo sets for a crate's build and tests (besides `CARGO_PKG_*` and
+/// `CARGO_BIN_EXE_*`), per the Cargo book's "Environment variables Cargo sets for crates".
+const CARGO_SET_FOR_CRATES: &[&str] = &[
+    "CARGO_MANIFEST_DIR",
+    "CARGO_MANIFEST_PATH",
+    "CARGO_MANIFEST_LINKS",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_NAME",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+    "OUT_DIR",
+];
+
 fn build() -> Result<(), String> {
     let profile_dir = profile_dir();
     let target_dir = profile_dir.parent().ok_or("the profile directory has no parent")?;
@@ -60,7 +74,20 @@ fn build() -> Result<(), String> {
     // than `cargo test --workspace` resolves features differently and rebuilds webrtc-rs,
     // rustls and hyper every time the two alternate. This way the build is a no-op after
     // `cargo test --workspace` (or scripts/test.sh).
-    let status = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    // Without the variables cargo set for this test process (CARGO_MANIFEST_DIR, CARGO_PKG_NAME,
+    // OUT_DIR, ...): build scripts watch some of them (ring's does, through
+    // `rerun-if-env-changed`), so with them the build looked changed and rebuilt ring and all
+    // that depends on it (~90 s here), and the next `cargo build` from a shell rebuilt it back.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_SET_FOR_CRATES.contains(&name.as_ref())
+            || ["CARGO_PKG_", "CARGO_BIN_EXE_"].iter().any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let status = command
         .current_dir(workspace)
         .args(["build", "--quiet", "--workspace", "--all-targets", "--profile", profile, "--target-dir"])
         .arg(target_dir)
