@@ -63,18 +63,24 @@ async fn pair_with(wire: Wire, b_options: LinkOptions) -> Pair {
     });
     let pair = Pair { a, b, a_events, b_events };
     let (a_pc, b_pc) = (pair.a.peer_connection().clone(), pair.b.peer_connection().clone());
-    let a_input = pair.a.input.clone();
-    let b_input = pair.b.input.clone();
+    // Weak, as the link's own handler holds it: a strong sender here would keep each link's
+    // negotiation task alive after `close`, which then waits out its 2 s limit.
+    let a_input = pair.a.input.downgrade();
+    let b_input = pair.b.input.downgrade();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 Some(signal) = for_a.recv() => {
                     let signal = with_gathered_sdp(signal, &a_pc, &b_pc, wire).await;
-                    let _ = a_input.send(Input::Remote(signal)).await;
+                    if let Some(input) = a_input.upgrade() {
+                        let _ = input.send(Input::Remote(signal)).await;
+                    }
                 }
                 Some(signal) = for_b.recv() => {
                     let signal = with_gathered_sdp(signal, &b_pc, &a_pc, wire).await;
-                    let _ = b_input.send(Input::Remote(signal)).await;
+                    if let Some(input) = b_input.upgrade() {
+                        let _ = input.send(Input::Remote(signal)).await;
+                    }
                 }
                 else => break,
             }
