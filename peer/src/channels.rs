@@ -6,7 +6,7 @@
 //!    remote then closes the new channel at once or ignores its DCEP OPEN (the channel stays
 //!    `Connecting`; webrtc-rs gives up after 30 s). Seen as soon as files go to one peer one
 //!    after another: in `link::tests`, waves of 8 files each opened right after the last wave
-//!    closed lost 3-18 % of their opens, and about one run in three hung. [`LocalChannels::open`]
+//!    closed lost 3-18 % of their opens, and about one run in three hung. [`ChannelOpener::open`]
 //!    closes a channel that closed before it opened, or did not open within a few seconds, and
 //!    opens another after a pause (three attempts in all); receivers treat a `file` channel
 //!    that closes before its header as no transfer at all.
@@ -19,7 +19,7 @@
 //!    and serving the phantom would be worse: dropping a webrtc-rs `DataChannel` unregisters its
 //!    id's queue, which by then is ours. Found by reading the code while chasing a CI run whose
 //!    Rust → browser file never finished; not reproduced here (the window is a few instructions
-//!    wide unless the creating task is preempted). [`LocalChannels::open`] also reads the
+//!    wide unless the creating task is preempted). [`ChannelOpener::open`] also reads the
 //!    channel's state, and [`LocalChannels::adopt_if_own`] recognises a phantom by its id and
 //!    keeps it, unserved and alive, until [`LocalChannels::release`]. (A channel's id is
 //!    webrtc-rs's handle for it, given out in sequence and never reused, so a remote-opened
@@ -32,11 +32,13 @@ use std::time::Duration;
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelId, RTCDataChannelState};
 use webrtc::peer_connection::PeerConnection;
 
-/// How often [`LocalChannels::open`] reads the channel's state while no `OnOpen` came. Only the
+use crate::link::lock;
+
+/// How often [`ChannelOpener::open`] reads the channel's state while no `OnOpen` came. Only the
 /// racy case waits this long; an `OnOpen` ends the wait at once.
 const STATE_CHECK: Duration = Duration::from_millis(20);
 
-/// Channels created per [`LocalChannels::open`] before it gives up.
+/// Channels created per [`ChannelOpener::open`] before it gives up.
 const OPEN_ATTEMPTS: u32 = 3;
 
 /// Pause before the second attempt (twice that before the third).
@@ -62,17 +64,49 @@ pub struct LocalChannels {
 #[derive(Clone)]
 pub struct ChannelOpener {
     pub(crate) pc: Arc<dyn PeerConnection>,
+    /// The link's record of what it opened.
     pub(crate) channels: Arc<LocalChannels>,
 }
 
 impl ChannelOpener {
-    /// See [`LocalChannels::open`].
+    /// Opens an ordered, reliable channel labelled `label` and returns it once open.
+    ///
+    /// A channel that closes before it opens, or does not open within [`ATTEMPT_DEADLINE`], is
+    /// closed and opened anew after a pause, [`OPEN_ATTEMPTS`] times in all (see the module
+    /// docs, 1).
     pub async fn open(&self, label: &str) -> Result<Arc<dyn DataChannel>, OpenError> {
-        self.channels.open(self.pc.as_ref(), label).await
+        let mut attempt = 1;
+        loop {
+            let channel = {
+                let mut created = self.channels.created.lock().await;
+                let channel = self.pc.create_data_channel(label, None).await.map_err(OpenError::Create)?;
+                created.insert(channel.id());
+                channel
+            };
+            let outcome = tokio::time::timeout(ATTEMPT_DEADLINE, opened(channel.as_ref())).await;
+            match outcome {
+                Ok(Ok(())) => return Ok(channel),
+                Ok(Err(e)) if attempt == OPEN_ATTEMPTS => return Err(e),
+                Err(_) if attempt == OPEN_ATTEMPTS => {
+                    let _ = channel.close().await;
+                    return Err(OpenError::NotOpened(ATTEMPT_DEADLINE * OPEN_ATTEMPTS));
+                }
+                Ok(Err(_)) | Err(_) => {
+                    tracing::debug!(
+                        "data channel {label:?} did not open (attempt {attempt}); opening another"
+                    );
+                    let _ = channel.close().await;
+                    // At once, the new channel would get the same troubled stream id: give the
+                    // remote time to finish with it.
+                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
     }
 }
 
-/// Why [`LocalChannels::open`] gave up.
+/// Why [`ChannelOpener::open`] gave up.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("cannot create the data channel: {0}")]
@@ -103,46 +137,6 @@ async fn opened(channel: &dyn DataChannel) -> Result<(), OpenError> {
 }
 
 impl LocalChannels {
-    /// Opens an ordered, reliable channel labelled `label` on `pc` and returns it once open.
-    ///
-    /// A channel that closes before it opens, or does not open within [`ATTEMPT_DEADLINE`], is
-    /// closed and opened anew after a pause, [`OPEN_ATTEMPTS`] times in all (see the module
-    /// docs, 1).
-    pub async fn open(
-        &self,
-        pc: &dyn PeerConnection,
-        label: &str,
-    ) -> Result<Arc<dyn DataChannel>, OpenError> {
-        let mut attempt = 1;
-        loop {
-            let channel = {
-                let mut created = self.created.lock().await;
-                let channel = pc.create_data_channel(label, None).await.map_err(OpenError::Create)?;
-                created.insert(channel.id());
-                channel
-            };
-            let outcome = tokio::time::timeout(ATTEMPT_DEADLINE, opened(channel.as_ref())).await;
-            match outcome {
-                Ok(Ok(())) => return Ok(channel),
-                Ok(Err(e)) if attempt == OPEN_ATTEMPTS => return Err(e),
-                Err(_) if attempt == OPEN_ATTEMPTS => {
-                    let _ = channel.close().await;
-                    return Err(OpenError::NotOpened(ATTEMPT_DEADLINE * OPEN_ATTEMPTS));
-                }
-                Ok(Err(_)) | Err(_) => {
-                    tracing::debug!(
-                        "data channel {label:?} did not open (attempt {attempt}); opening another"
-                    );
-                    let _ = channel.close().await;
-                    // At once, the new channel would get the same troubled stream id: give the
-                    // remote time to finish with it.
-                    tokio::time::sleep(RETRY_PAUSE * attempt).await;
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
     /// True if `channel`, announced by `on_data_channel`, is one this side opened: then it is
     /// kept (not served, not dropped) and the caller must leave it alone.
     pub async fn adopt_if_own(&self, channel: &Arc<dyn DataChannel>) -> bool {
@@ -158,8 +152,4 @@ impl LocalChannels {
     pub fn release(&self) {
         lock(&self.phantoms).clear();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

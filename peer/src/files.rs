@@ -567,7 +567,7 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
     match incoming.on_close() {
         None => {}
         // No header, no transfer: nothing to name or show. A sender retrying a channel that
-        // did not open (`channels::LocalChannels::open`) leaves such channels behind.
+        // did not open (`channels::ChannelOpener::open`) leaves such channels behind.
         Some(FileError::ClosedBeforeHeader) => {
             tracing::debug!(peer = %remote, "a file channel closed before its header");
         }

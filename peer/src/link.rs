@@ -261,7 +261,7 @@ impl Link {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding these short critical sections leaves the data consistent.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

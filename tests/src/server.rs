@@ -46,13 +46,22 @@ impl Server {
         format!("ws://{}/ws", self.addr)
     }
 
-    /// One value from its `/metrics`, asked directly (not through any proxy a test put in front).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+    /// The whole HTTP response (status line, headers, body) to `GET path`, asked directly (not
+    /// through any proxy a test put in front).
+    pub async fn http_get(&self, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
         let mut response = String::new();
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.expect("the server accepts TCP");
-        stream.write_all(request.as_bytes()).await.expect("/metrics request sent");
-        stream.read_to_string(&mut response).await.expect("/metrics response read");
+        let mut stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: the server at {} refuses TCP: {e}", self.addr));
+        stream.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("GET {path}: cannot send: {e}"));
+        stream.read_to_string(&mut response).await.unwrap_or_else(|e| panic!("GET {path}: cannot read: {e}"));
+        response
+    }
+
+    /// One value from its `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let response = self.http_get("/metrics").await;
         response
             .lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())

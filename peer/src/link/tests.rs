@@ -286,7 +286,7 @@ async fn many_files_sent_at_once_on_a_live_connection_all_arrive() {
 
 /// Files sent in waves, each right after the last one's channels closed, all arrive. webrtc-rs
 /// reuses a closed channel's stream id before the remote is done with it; without the retry in
-/// `channels::LocalChannels::open`, 3-18 % of these opens failed and some runs hung.
+/// `channels::ChannelOpener::open`, 3-18 % of these opens failed and some runs hung.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_sent_in_waves_on_one_connection_all_arrive() {
     let mut p = file_pair("waves").await;
