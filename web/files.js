@@ -351,10 +351,7 @@ export class FileTransfers {
     };
     channel.onclose = () => {
       if (finished) return;
-      // No header, no transfer: nothing to show (a Rust sender retrying a channel that did not
-      // open leaves such channels behind).
-      if (!header) return;
-      fail(`channel closed after ${received} of ${header.size} bytes`);
+      fail(header ? `channel closed after ${received} of ${header.size} bytes` : "channel closed before the header");
     };
   }
 

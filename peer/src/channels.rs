@@ -8,8 +8,9 @@
 //!    after another: in `link::tests`, waves of 8 files each opened right after the last wave
 //!    closed lost 3-18 % of their opens, and about one run in three hung. [`ChannelOpener::open`]
 //!    closes a channel that closed before it opened, or did not open within a few seconds, and
-//!    opens another after a pause (three attempts in all); receivers treat a `file` channel
-//!    that closes before its header as no transfer at all.
+//!    opens another after a pause (three attempts in all). A receiver that did see an abandoned
+//!    channel reports it as PROTOCOL.md says of any early close: a failed transfer (here
+//!    "channel closed before the header"), followed by the retry's transfer.
 //! 2. A race in `PeerConnection::create_data_channel`: it creates the channel in the core,
 //!    releases the core's lock, and only then registers the channel's event queue. If the driver
 //!    handles the remote's DCEP ACK in that gap, it finds no queue and takes the channel for one

@@ -564,19 +564,12 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
             _ => {}
         }
     }
-    match incoming.on_close() {
-        None => {}
-        // No header, no transfer: nothing to name or show. A sender retrying a channel that
-        // did not open (`channels::ChannelOpener::open`) leaves such channels behind.
-        Some(FileError::ClosedBeforeHeader) => {
-            tracing::debug!(peer = %remote, "a file channel closed before its header");
-        }
-        Some(error) => {
-            // `on_close` removed the temporary file before anyone hears of the failure.
-            let error = error.to_string();
-            tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
-            reporter.emit(FileEvent::Failed { peer: remote, transfer, name: claimed, error }).await;
-        }
+    // A channel that closes early is a failed transfer (PROTOCOL.md), before its header too.
+    if let Some(error) = incoming.on_close() {
+        // `on_close` removed the temporary file before anyone hears of the failure.
+        let error = error.to_string();
+        tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
+        reporter.emit(FileEvent::Failed { peer: remote, transfer, name: claimed, error }).await;
     }
 }
 
