@@ -12,6 +12,7 @@ mod http;
 pub mod ids;
 pub mod inbound;
 pub mod outbox;
+mod readahead;
 pub mod refusal;
 pub mod rooms;
 mod state;
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub use config::{Cli, Command, Config};
 use state::Shared;
@@ -53,8 +54,8 @@ pub async fn run(
     let served = match &shared.config.tls {
         None => {
             // Signaling frames are small and latency-bound: never let Nagle hold one back.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
+            let listener = ReadAheadListener(listener).tap_io(|tcp| {
+                let _ = tcp.get_mut().set_nodelay(true);
             });
             axum::serve(listener, app).with_graceful_shutdown(stopping).await.map_err(anyhow::Error::from)
         }
@@ -66,6 +67,23 @@ pub async fn run(
         tracing::warn!("some connections did not close in time");
     }
     served
+}
+
+/// Plain TCP: every accepted socket reads through [`readahead::ReadAhead`].
+struct ReadAheadListener(TcpListener);
+
+impl axum::serve::Listener for ReadAheadListener {
+    type Io = readahead::ReadAhead<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, client) = axum::serve::Listener::accept(&mut self.0).await;
+        (readahead::ReadAhead::new(tcp), client)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
 }
 
 async fn sweep_expired_members(shared: std::sync::Arc<Shared>) {
