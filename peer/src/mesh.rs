@@ -1,7 +1,7 @@
 //! The room as this peer sees it: one [`Link`] per remote peer, kept in step with the server's
 //! messages, and the chat behaviour of the command line (`--send`, `--echo`, `--expect`, stdin).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -65,7 +65,14 @@ struct Mesh<'a> {
     options: ChatOptions,
     signaling: Signaling,
     link_tx: mpsc::Sender<(String, LinkEvent)>,
+    /// Events of every link, in one queue. Read here, not only in [`run`]'s loop, so that
+    /// [`Mesh::remove_peer`] can take what a leaving peer's link handed over before it closed.
+    link_rx: mpsc::Receiver<(String, LinkEvent)>,
     links: HashMap<String, Link>,
+    /// Peers whose `channel_open` was reported and whose `channel_closed` was not yet: each
+    /// open is followed by exactly one close, whichever of the link, the server (`peer_left`)
+    /// or a failure reports the end first.
+    open: HashSet<String>,
     /// Members of the room besides us, by id.
     members: HashMap<String, String>,
     self_id: Option<String>,
@@ -94,7 +101,7 @@ where
     S: Future<Output = ()>,
     T: Future<Output = ()>,
 {
-    let (link_tx, mut link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
+    let (link_tx, link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
     let (file_tx, file_rx) = mpsc::channel(FILE_EVENT_QUEUE);
     let Inputs { mut lines, shutdown, timeout } = inputs;
     tokio::pin!(shutdown);
@@ -103,7 +110,9 @@ where
         options,
         signaling,
         link_tx,
+        link_rx,
         links: HashMap::new(),
+        open: HashSet::new(),
         members: HashMap::new(),
         self_id: None,
         ice_servers: Vec::new(),
@@ -122,7 +131,7 @@ where
                 Some(event) => if let Some(outcome) = mesh.on_server(event).await { break outcome },
                 None => break Outcome::Failed("signaling stopped".into()),
             },
-            Some((remote, event)) = link_rx.recv() => {
+            Some((remote, event)) = mesh.link_rx.recv() => {
                 if let Some(outcome) = mesh.on_link(remote, event).await { break outcome }
             }
             Some(event) = mesh.file_rx.recv() => {
@@ -160,14 +169,18 @@ impl Mesh<'_> {
                     let gone: Vec<String> =
                         self.members.keys().filter(|id| !listed.contains(&id.as_str())).cloned().collect();
                     for id in gone {
-                        self.remove_peer(&id).await;
+                        if let Some(outcome) = self.remove_peer(&id).await {
+                            return Some(outcome);
+                        }
                     }
                 } else if self.self_id.is_some() {
                     // Refused resume (a server restart, or grace ran out): every old id is gone.
                     tracing::info!("resume refused; rebuilding the mesh as a newcomer");
                     let old: Vec<String> = self.members.keys().cloned().collect();
                     for id in old {
-                        self.remove_peer(&id).await;
+                        if let Some(outcome) = self.remove_peer(&id).await {
+                            return Some(outcome);
+                        }
                     }
                 }
                 self.ice_servers = welcome.ice_servers.clone();
@@ -196,7 +209,7 @@ impl Mesh<'_> {
                 // Impolite toward a peer announced by `peer_joined`; it will offer.
                 self.open_link(&peer.id, false).await;
             }
-            SignalingEvent::PeerLeft(id) => self.remove_peer(&id).await,
+            SignalingEvent::PeerLeft(id) => return self.remove_peer(&id).await,
             SignalingEvent::Signal { from, signal } => {
                 if !self.links.contains_key(&from) {
                     // A member whose link failed and was closed offers again: a fresh link.
@@ -248,33 +261,89 @@ impl Mesh<'_> {
         }
     }
 
-    /// The peer is gone: close its link (`channel_closed` if it was open) and say `peer_left`.
-    async fn remove_peer(&mut self, id: &str) {
-        self.close_link(id, None).await;
+    /// The peer is gone: close its link, report the lines it sent before it left, then
+    /// `channel_closed` (if it was open) and `peer_left`.
+    ///
+    /// `peer_left` comes from the server and the peer's last lines from its link, on two
+    /// queues with no order between them (and `select!` in [`run`] picks among ready ones at
+    /// random). A peer that sends a line and exits at once is common (`--send` with
+    /// `--expect`): its line is acknowledged by SCTP, so the sender exits content, but the
+    /// line may still be queued here, or still in the link's channel task, when `peer_left`
+    /// is handled. So the link is closed first, which waits for its tasks and thereby for
+    /// them to queue everything received, and the queue is then handled up to what it holds
+    /// now. Lines left in it used to be dropped with the link as stale: seen once, under load,
+    /// as a peer that waited for `--expect` forever, with the sender's `channel_closed`
+    /// missing as well.
+    async fn remove_peer(&mut self, id: &str) -> Option<Outcome> {
+        if let Some(link) = self.links.remove(id) {
+            link.close(None).await;
+        }
+        let outcome = self.handle_queued_link_events().await;
+        self.report_closed(id);
         if self.members.remove(id).is_some() {
             (self.emit)(Event::PeerLeft { id: id.to_string() });
         }
+        outcome
+    }
+
+    /// Handles the link events queued at this moment (not those that arrive meanwhile: the
+    /// other links keep going), in order, as [`run`]'s loop would.
+    async fn handle_queued_link_events(&mut self) -> Option<Outcome> {
+        for _ in 0..self.link_rx.len() {
+            let Ok((remote, event)) = self.link_rx.try_recv() else { break };
+            if let Some(outcome) = self.on_link(remote, event).await {
+                return Some(outcome);
+            }
+        }
+        None
     }
 
     async fn close_link(&mut self, id: &str, flush: Option<Duration>) {
         if let Some(link) = self.links.remove(id) {
-            let was_open = link.chat_open();
             link.close(flush).await;
-            if was_open {
-                (self.emit)(Event::ChannelClosed { peer: id.to_string() });
-            }
+        }
+        self.report_closed(id);
+    }
+
+    /// `channel_closed`, once per reported `channel_open`. A link whose channel task already
+    /// saw the close, but whose `ChannelClosed` is still queued, no longer says it is open
+    /// (`Link::chat_open`); hence this record rather than asking the link.
+    fn report_closed(&mut self, id: &str) {
+        if self.open.remove(id) {
+            (self.emit)(Event::ChannelClosed { peer: id.to_string() });
         }
     }
 
     async fn on_link(&mut self, remote: String, event: LinkEvent) -> Option<Outcome> {
-        // Events of a link already closed (a stale task) are of no interest.
-        self.links.get(&remote)?;
+        let live = self.links.contains_key(&remote);
         match event {
+            // A line still counts when its link has closed since (see `remove_peer`): it was
+            // received, SCTP acknowledged it, and its sender took it as delivered.
+            LinkEvent::Message(text) => {
+                self.received += 1;
+                (self.emit)(Event::Message { from: remote.clone(), text: text.clone() });
+                if self.options.echo {
+                    self.send_to(&remote, text).await;
+                }
+                if self.expectations_met() {
+                    return Some(Outcome::Done);
+                }
+            }
+            LinkEvent::ChannelClosed => {
+                // The remote closed the connection; a `peer_left` usually follows.
+                if let Some(link) = self.links.remove(&remote) {
+                    link.close(None).await;
+                }
+                self.report_closed(&remote);
+            }
+            // Anything else from a link already closed (a stale task) is of no interest.
+            _ if !live => {}
             LinkEvent::Signal(signal) => {
                 let id = self.self_id.clone().unwrap_or_default();
                 self.signaling.signal(&id, &remote, signal).await;
             }
             LinkEvent::ChannelOpen => {
+                self.open.insert(remote.clone());
                 (self.emit)(Event::ChannelOpen { peer: remote.clone() });
                 for text in self.options.send.clone() {
                     self.send_to(&remote, text).await;
@@ -292,23 +361,6 @@ impl Mesh<'_> {
                         ));
                     }
                 }
-            }
-            LinkEvent::Message(text) => {
-                self.received += 1;
-                (self.emit)(Event::Message { from: remote.clone(), text: text.clone() });
-                if self.options.echo {
-                    self.send_to(&remote, text).await;
-                }
-                if self.expectations_met() {
-                    return Some(Outcome::Done);
-                }
-            }
-            LinkEvent::ChannelClosed => {
-                // The remote closed the connection; a `peer_left` usually follows.
-                if let Some(link) = self.links.remove(&remote) {
-                    link.close(None).await;
-                }
-                (self.emit)(Event::ChannelClosed { peer: remote });
             }
             LinkEvent::Failed(reason) => {
                 tracing::warn!(peer = %remote, "{reason}; closing the connection");
@@ -404,3 +456,6 @@ impl Mesh<'_> {
         tracing::debug!("left");
     }
 }
+
+#[cfg(test)]
+mod tests;
