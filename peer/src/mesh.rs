@@ -101,29 +101,10 @@ where
     S: Future<Output = ()>,
     T: Future<Output = ()>,
 {
-    let (link_tx, link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
-    let (file_tx, file_rx) = mpsc::channel(FILE_EVENT_QUEUE);
     let Inputs { mut lines, shutdown, timeout } = inputs;
     tokio::pin!(shutdown);
     tokio::pin!(timeout);
-    let mut mesh = Mesh {
-        options,
-        signaling,
-        link_tx,
-        link_rx,
-        links: HashMap::new(),
-        open: HashSet::new(),
-        members: HashMap::new(),
-        self_id: None,
-        ice_servers: Vec::new(),
-        received: 0,
-        file_tx,
-        file_rx,
-        files_received: 0,
-        sends: TaskTracker::new(),
-        interrupted: false,
-        emit,
-    };
+    let mut mesh = Mesh::new(options, signaling, emit);
     let mut stdin_open = true;
     let outcome = loop {
         tokio::select! {
@@ -156,6 +137,32 @@ where
     }
     mesh.finish().await;
     outcome
+}
+
+impl<'a> Mesh<'a> {
+    /// A mesh that knows no one yet.
+    fn new(options: ChatOptions, signaling: Signaling, emit: &'a mut dyn FnMut(Event)) -> Self {
+        let (link_tx, link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
+        let (file_tx, file_rx) = mpsc::channel(FILE_EVENT_QUEUE);
+        Mesh {
+            options,
+            signaling,
+            link_tx,
+            link_rx,
+            links: HashMap::new(),
+            open: HashSet::new(),
+            members: HashMap::new(),
+            self_id: None,
+            ice_servers: Vec::new(),
+            received: 0,
+            file_tx,
+            file_rx,
+            files_received: 0,
+            sends: TaskTracker::new(),
+            interrupted: false,
+            emit,
+        }
+    }
 }
 
 impl Mesh<'_> {
@@ -329,13 +336,8 @@ impl Mesh<'_> {
                     return Some(Outcome::Done);
                 }
             }
-            LinkEvent::ChannelClosed => {
-                // The remote closed the connection; a `peer_left` usually follows.
-                if let Some(link) = self.links.remove(&remote) {
-                    link.close(None).await;
-                }
-                self.report_closed(&remote);
-            }
+            // The remote closed the connection; a `peer_left` usually follows.
+            LinkEvent::ChannelClosed => self.close_link(&remote, None).await,
             // Anything else from a link already closed (a stale task) is of no interest.
             _ if !live => {}
             LinkEvent::Signal(signal) => {

@@ -8,8 +8,6 @@
 //! whole, in order.
 
 use std::collections::HashMap;
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +17,9 @@ use tokio::sync::Notify;
 use crate::ids::{IdSource, PeerId, resume_token};
 use crate::outbox::{Bound, Frame, Outbox, Overflow};
 use crate::refusal::Refusal;
+
+/// For maps keyed by ids only the server makes (see [`Rooms`]'s fields).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What the room rules need to know; everything else about the server lives elsewhere.
 #[derive(Debug, Clone)]

@@ -49,29 +49,12 @@ where
     let tasks = TaskTracker::new();
     let mut events = Vec::new();
     let mut emit = |event: Event| events.push(event);
-    let (link_tx, link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
-    let (file_tx, file_rx) = mpsc::channel(FILE_EVENT_QUEUE);
-    let mut mesh = Mesh {
-        options: options(expect),
-        signaling: no_signaling(&tasks),
-        link_tx: link_tx.clone(),
-        link_rx,
-        links: HashMap::new(),
-        open: HashSet::new(),
-        members: HashMap::new(),
-        self_id: Some("me".into()),
-        ice_servers: Vec::new(),
-        received: 0,
-        file_tx,
-        file_rx,
-        files_received: 0,
-        sends: TaskTracker::new(),
-        interrupted: false,
-        emit: &mut emit,
-    };
+    let mut mesh = Mesh::new(options(expect), no_signaling(&tasks), &mut emit);
+    mesh.self_id = Some("me".into());
     mesh.members.insert("bob".into(), "bob".into());
     assert!(mesh.open_link("bob", false).await.is_some(), "a link to bob");
     assert_eq!(mesh.on_link("bob".into(), LinkEvent::ChannelOpen).await, None);
+    let link_tx = mesh.link_tx.clone();
     let result = body(&mut mesh, link_tx).await;
     mesh.finish().await;
     drop(mesh);
