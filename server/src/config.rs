@@ -8,6 +8,7 @@ use protocol::IceServer;
 
 use crate::budget::RateLimit;
 use crate::rooms::RoomsConfig;
+use crate::turn::TurnConfig;
 
 /// Everything a running server needs to know. Built from [`ServeArgs`], or directly by tests.
 #[derive(Debug, Clone)]
@@ -98,6 +99,17 @@ pub struct ServeArgs {
     /// An ICE server URL handed to clients in `welcome` (repeatable), e.g. stun:stun.example.org.
     #[arg(long = "ice-server", value_name = "URL")]
     pub ice_servers: Vec<String>,
+    /// A TURN server URL (repeatable), e.g. turn:turn.example.org:3478; every `welcome` then
+    /// carries one entry with all of them and a credential minted with --turn-secret.
+    #[arg(long = "turn-url", value_name = "URL", requires = "turn_secret")]
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn's static-auth-secret); needs --turn-url.
+    #[arg(long, env = "SWITCHBOARD_TURN_SECRET", hide_env_values = true, requires = "turn_urls",
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub turn_secret: Option<String>,
+    /// How long a TURN credential works (coturn re-checks it on refresh: outlive a call).
+    #[arg(long, default_value = "1h", value_parser = parse_positive_duration)]
+    pub turn_ttl: Duration,
     /// Members per room.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub room_size: u32,
@@ -166,6 +178,11 @@ impl ServeArgs {
                     .into_iter()
                     .map(|url| IceServer { urls: vec![url], username: None, credential: None })
                     .collect(),
+                turn: self.turn_secret.map(|secret| TurnConfig {
+                    urls: self.turn_urls,
+                    secret,
+                    ttl: self.turn_ttl,
+                }),
                 ..defaults.rooms
             },
             web_dir: self.web_dir,
@@ -228,5 +245,44 @@ mod tests {
             .expect("valid");
         let servers = cli.serve.into_config().rooms.ice_servers;
         assert_eq!(servers[1].urls, ["turn:b"]);
+    }
+
+    #[test]
+    fn turn_flags_make_a_turn_config() {
+        let cli = Cli::try_parse_from([
+            "server",
+            "--turn-url",
+            "turn:a:3478",
+            "--turn-url",
+            "turn:a:3478?transport=tcp",
+            "--turn-secret",
+            "s",
+            "--turn-ttl",
+            "10m",
+        ])
+        .expect("valid");
+        let turn = cli.serve.into_config().rooms.turn.expect("a TURN config");
+        assert_eq!(turn.urls, ["turn:a:3478", "turn:a:3478?transport=tcp"]);
+        assert_eq!((turn.secret.as_str(), turn.ttl), ("s", Duration::from_secs(600)));
+        let default_ttl =
+            Cli::try_parse_from(["server", "--turn-url", "turn:a", "--turn-secret", "s"]).expect("valid");
+        assert_eq!(
+            default_ttl.serve.into_config().rooms.turn.map(|t| t.ttl),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(Cli::try_parse_from(["server"]).expect("valid").serve.into_config().rooms.turn, None);
+    }
+
+    #[test]
+    fn a_turn_url_without_a_secret_or_the_reverse_is_a_bad_flag() {
+        for args in [
+            &["server", "--turn-url", "turn:a"][..],
+            &["server", "--turn-secret", "s"],
+            &["server", "--turn-url", "turn:a", "--turn-secret", ""],
+            &["server", "--turn-url", "turn:a", "--turn-secret", "s", "--turn-ttl", "0s"],
+        ] {
+            let error = Cli::try_parse_from(args).expect_err("refused");
+            assert_eq!(error.exit_code(), 2, "{args:?}: {error}");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod refusal;
 pub mod rooms;
 mod state;
 mod tls;
+pub mod turn;
 mod ws;
 
 use std::future::Future;

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use protocol::{DisplayName, ErrorCode, IceServer, PeerInfo, RoomName, ServerMessage, Welcome, close_code};
 use tokio::sync::Notify;
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::ids::{IdSource, PeerId, resume_token};
 use crate::outbox::{Bound, Frame, Outbox, Overflow};
 use crate::refusal::Refusal;
+use crate::turn::TurnConfig;
 
 /// For maps keyed by ids only the server makes (see [`Rooms`]'s fields).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -35,6 +36,8 @@ pub struct RoomsConfig {
     pub outbox: Bound,
     /// Handed to every client in `welcome`.
     pub ice_servers: Vec<IceServer>,
+    /// When set, every `welcome` also carries a TURN entry with a credential for that member.
+    pub turn: Option<TurnConfig>,
 }
 
 impl Default for RoomsConfig {
@@ -49,6 +52,7 @@ impl Default for RoomsConfig {
             // is the 1 MiB.
             outbox: Bound { frames: 4096, bytes: 1024 * 1024 },
             ice_servers: Vec::new(),
+            turn: None,
         }
     }
 }
@@ -314,6 +318,16 @@ impl Rooms {
             .collect()
     }
 
+    /// The `--ice-server` entries, then a fresh TURN credential for `id`. The credential's
+    /// expiry counts on the wall clock (coturn compares it with its own), not on `now`.
+    fn ice_servers_for(&self, id: &PeerId) -> Vec<IceServer> {
+        let mut servers = self.config.ice_servers.clone();
+        if let Some(turn) = &self.config.turn {
+            servers.push(turn.credential(id.as_str(), SystemTime::now()));
+        }
+        servers
+    }
+
     fn welcome(
         &self,
         id: &PeerId,
@@ -326,7 +340,7 @@ impl Rooms {
             id: id.to_string(),
             room: room.to_string(),
             peers,
-            ice_servers: self.config.ice_servers.clone(),
+            ice_servers: self.ice_servers_for(id),
             resume_token: token,
             resumed,
         })

@@ -294,3 +294,41 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn every_welcome_a_resumed_one_too_carries_a_turn_credential_for_that_member() {
+    let turn = crate::turn::TurnConfig {
+        urls: vec!["turn:198.18.0.1:3478".into()],
+        secret: "s".into(),
+        ttl: Duration::from_secs(3600),
+    };
+    let stun = IceServer { urls: vec!["stun:198.18.0.1:3478".into()], username: None, credential: None };
+    let mut rooms = rooms_with(RoomsConfig {
+        ice_servers: vec![stun],
+        turn: Some(turn.clone()),
+        ..RoomsConfig::default()
+    });
+    let start = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", start);
+    let first = drain(&mut rooms, ana.conn);
+    rooms.disconnect(ana.conn, start);
+    let back = rooms.connect(Arc::new(Notify::new()));
+    rooms.join(back, request("r", None, Some(&resume_token_of(&first))), start).expect("resumes");
+    let resumed = drain(&mut rooms, back);
+    assert_eq!(resumed[0]["resumed"], true);
+    for welcome in [&first[0], &resumed[0]] {
+        let servers = welcome["ice_servers"].as_array().expect("ice_servers");
+        assert_eq!(servers.len(), 2, "the --ice-server entry, then TURN: {servers:?}");
+        assert_eq!(servers[0]["urls"][0], "stun:198.18.0.1:3478");
+        assert_eq!(servers[1]["urls"][0], "turn:198.18.0.1:3478");
+        let username = servers[1]["username"].as_str().expect("username");
+        let (expiry, member) = username.split_once(':').expect("<expiry>:<member>");
+        assert_eq!(member, ana.id.as_str());
+        let expiry: u64 = expiry.parse().expect("unix seconds");
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+        assert!((now + 3590..=now + 3600).contains(&expiry), "expiry {expiry}, now {now}");
+        let minted = turn.credential(member, std::time::UNIX_EPOCH + Duration::from_secs(expiry - 3600));
+        assert_eq!(servers[1]["credential"].as_str(), minted.credential.as_deref());
+    }
+}
