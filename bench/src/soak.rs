@@ -233,7 +233,7 @@ async fn soak_member(
 /// Reads the server's /metrics over plain HTTP/1.1.
 pub async fn metrics(addr: SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
     let mut tcp = tokio::net::TcpStream::connect(addr).await?;
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
     let mut body = String::new();
     tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut body)).await??;
     Ok(body

@@ -1,6 +1,7 @@
 //! The per-connection rate limit: token buckets on messages and bytes, and a strike count that
 //! turns sustained abuse into a close.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// The server's rate-limit settings.
@@ -105,6 +106,22 @@ impl Budget {
         } else {
             Verdict::Abusive
         }
+    }
+}
+
+/// A budget that outlives the connection that spends it: a member's, which its next connection
+/// (a resume, or a connection that replaces it) goes on spending, so that dropping and resuming
+/// never starts a fresh one. Only the member's current reader charges it, so the lock is free.
+#[derive(Debug, Clone)]
+pub struct SharedBudget(Arc<Mutex<Budget>>);
+
+impl SharedBudget {
+    pub fn new(limit: Option<RateLimit>, now: Instant) -> Self {
+        Self(Arc::new(Mutex::new(Budget::new(limit, now))))
+    }
+
+    pub fn charge(&self, bytes: usize, now: Instant) -> Verdict {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).charge(bytes, now)
     }
 }
 

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use protocol::IceServer;
 
 use crate::budget::RateLimit;
+use crate::proxy::Cidr;
 use crate::rooms::RoomsConfig;
 use crate::turn::TurnConfig;
 
@@ -26,6 +27,12 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Origins accepted besides requests without Origin and the server's own origin.
     pub allowed_origins: Vec<String>,
+    /// Host names accepted besides the loopback ones (see `hosts::AllowedHosts`).
+    pub allowed_hosts: Vec<String>,
+    /// Proxies whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// How long a connection may take to send a complete request head.
+    pub header_timeout: Duration,
     /// When set, a `join` must carry a room token signed with it.
     pub token_secret: Option<String>,
     pub tls: Option<TlsFiles>,
@@ -50,6 +57,9 @@ impl Default for Config {
             max_connections: 20_000,
             max_connections_per_ip: 256,
             allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
+            header_timeout: Duration::from_secs(10),
             token_secret: None,
             tls: None,
         }
@@ -140,6 +150,17 @@ pub struct ServeArgs {
     /// Accept WebSocket upgrades from this Origin too (repeatable), e.g. https://app.example.org.
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
+    /// Accept this Host name too (repeatable); by default a server on loopback accepts only
+    /// localhost, 127.0.0.0/8 and [::1], and others any Host.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
+    /// A reverse proxy (repeatable, e.g. 10.0.0.0/8): its X-Forwarded-For names the client IP.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Close a connection that has not sent a complete request head within this long of accept
+    /// (or of its previous response).
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
+    pub header_timeout: Duration,
     /// Require a room token in every join, signed with this secret.
     #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
@@ -194,6 +215,9 @@ impl ServeArgs {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             allowed_origins: self.allowed_origins,
+            allowed_hosts: self.allowed_hosts,
+            trusted_proxies: self.trusted_proxies,
+            header_timeout: self.header_timeout,
             token_secret: self.token_secret.filter(|s| !s.is_empty()),
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles { cert, key }),
         }
@@ -229,6 +253,7 @@ mod tests {
         assert_eq!(config.rooms.max_rooms, 10_000);
         assert_eq!(config.join_timeout, Duration::from_secs(10));
         assert!(config.rate_limit.is_some());
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -1,24 +1,37 @@
-//! The HTTP side: the page, `/ws` (after admission), `/healthz` and `/metrics`.
+//! The HTTP side: the page, `/ws` (Origin-checked), `/healthz` and `/metrics`, behind one gate
+//! that every request passes: the Host check (against DNS rebinding), the move of a proxied
+//! connection's count to its real client, and the page's security headers.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::extract::{Extension, Request, State, WebSocketUpgrade};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rust_embed::Embed;
 use tower_http::services::ServeDir;
 
-use crate::admission::origin_allowed;
+use crate::accept::Connection;
+use crate::admission::OverCap;
+use crate::hosts::origin_allowed;
+use crate::proxy;
 use crate::state::Shared;
+use crate::turned_away::Reason;
 use crate::ws;
 
 /// The page, built into the binary so that `cargo run -p server` works from any directory.
 #[derive(Embed)]
 #[folder = "../web/"]
 struct BuiltInPage;
+
+/// The page loads only its own scripts and styles (no inline script), talks only to its own
+/// origin (`'self'` covers its ws:/wss: in CSP 3), shows media and files from `blob:`, and may
+/// not be framed (clickjacking).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data: blob:; media-src 'self' blob: mediastream:; connect-src 'self'; \
+     object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub fn router(shared: Arc<Shared>) -> Router {
     let router = Router::new()
@@ -29,7 +42,42 @@ pub fn router(shared: Arc<Shared>) -> Router {
         Some(dir) => router.fallback_service(ServeDir::new(dir)),
         None => router.fallback(built_in_page),
     };
-    router.with_state(shared)
+    router.layer(middleware::from_fn_with_state(shared.clone(), gate)).with_state(shared)
+}
+
+/// Every request, every path.
+async fn gate(
+    State(shared): State<Arc<Shared>>,
+    Extension(connection): Extension<Connection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(status) = shared.hosts.check(request.headers()) {
+        shared.turned_away.count(Reason::Host);
+        return (status, "this server does not answer to that Host\n").into_response();
+    }
+    if !shared.config.trusted_proxies.is_empty() {
+        let client =
+            proxy::client_ip(connection.peer.ip(), request.headers(), &shared.config.trusted_proxies);
+        if let Err(over) = connection.ticket.move_to(client) {
+            shared.turned_away.count(match over {
+                OverCap::PerIp => Reason::PerIp,
+                OverCap::Total => Reason::Total,
+            });
+            return (over.status(), [(header::CONNECTION, "close")], "too many connections\n")
+                .into_response();
+        }
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// Largest batch of outbound frames handed to the kernel in one write. At 16 KiB a busy
@@ -40,21 +88,16 @@ const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 async fn websocket(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(connection): Extension<Connection>,
+    headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&headers, &shared.config.allowed_origins) {
-        tracing::info!(%client, origin = ?headers.get(header::ORIGIN), "refused: foreign Origin");
+    let scheme = if shared.config.tls.is_some() { "https" } else { "http" };
+    if !origin_allowed(&headers, &shared.config.allowed_origins, scheme) {
+        shared.turned_away.count(Reason::Origin);
+        tracing::debug!(peer = %connection.peer, origin = ?headers.get(header::ORIGIN), "refused: foreign Origin");
         return (StatusCode::FORBIDDEN, "this Origin may not open a WebSocket here\n").into_response();
     }
-    let ticket = match shared.admission.admit(client.ip()) {
-        Ok(ticket) => ticket,
-        Err(status) => {
-            tracing::info!(%client, %status, "refused: connection cap");
-            return (status, "too many connections\n").into_response();
-        }
-    };
     let limit = shared.config.max_frame_bytes;
     upgrade
         // Sized for idle connections, not throughput: signaling frames are small, and the
@@ -69,17 +112,20 @@ async fn websocket(
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
             let tasks = shared.tasks.clone();
-            tasks.track_future(ws::serve(socket, shared, ticket))
+            tasks.track_future(ws::serve(socket, shared, connection.ticket))
         })
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let stats = shared.rooms().stats();
-    let connections = shared.admission.open();
+    let counted = shared.admission.counted();
     let body = format!(
         "# HELP switchboard_connections Open WebSocket connections.\n\
          # TYPE switchboard_connections gauge\n\
-         switchboard_connections {connections}\n\
+         switchboard_connections {}\n\
+         # HELP switchboard_counted_connections What the connection caps count: TCP connections (HTTP or WebSocket) and members in grace.\n\
+         # TYPE switchboard_counted_connections gauge\n\
+         switchboard_counted_connections {counted}\n\
          # HELP switchboard_rooms Rooms with at least one member, members in grace included.\n\
          # TYPE switchboard_rooms gauge\n\
          switchboard_rooms {}\n\
@@ -91,8 +137,13 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
          switchboard_suspended_members {}\n\
          # HELP switchboard_signals_relayed_total Signals relayed from one peer to another.\n\
          # TYPE switchboard_signals_relayed_total counter\n\
-         switchboard_signals_relayed_total {}\n",
-        stats.rooms, stats.members, stats.suspended_members, stats.signals_relayed
+         switchboard_signals_relayed_total {}\n{}",
+        stats.connections,
+        stats.rooms,
+        stats.members,
+        stats.suspended_members,
+        stats.signals_relayed,
+        shared.turned_away.metrics()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
 }

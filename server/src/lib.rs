@@ -4,36 +4,39 @@
 //! Where things live: `rooms` holds every rule (membership, relay, resume) with no I/O;
 //! `ws` moves frames for one connection; `http` routes; `admission` and `budget` are the limits.
 
+mod accept;
 pub mod admission;
 pub mod budget;
 pub mod config;
 pub mod grant;
+mod hosts;
 mod http;
 pub mod ids;
 pub mod inbound;
 pub mod outbox;
+pub mod proxy;
 mod readahead;
 pub mod refusal;
 pub mod rooms;
 mod state;
-mod tls;
+pub mod tls;
 pub mod turn;
+mod turned_away;
 mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub use config::{Cli, Command, Config};
 use state::Shared;
 
 /// How often suspended members are checked for an expired grace period.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
-/// How long shutdown waits for connections to send their close frames.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
+/// How long shutdown waits for connections to send their close frames. With the process's own
+/// exit after it, this keeps "exit within 5 s of SIGTERM" whatever clients do.
+const SHUTDOWN_WAIT: Duration = Duration::from_millis(3500);
 
 /// Serves on `listener` until `shutdown` resolves; then closes every WebSocket with 1001 and
 /// returns once every connection task has ended (or [`SHUTDOWN_WAIT`] has passed).
@@ -42,49 +45,26 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let shared = Shared::new(config);
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
+    let listening_on_loopback = listener.local_addr()?.ip().is_loopback();
+    let shared = Shared::new(config, listening_on_loopback);
     shared.tasks.spawn(sweep_expired_members(shared.clone()));
-    let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let summaries = shared.clone();
+    shared.tasks.spawn(async move { summaries.turned_away.log_summaries(summaries.shutdown.clone()).await });
     let stop = shared.shutdown.clone();
-    let stopping = async move {
+    shared.tasks.spawn(async move {
         tokio::select! {
             () = shutdown => stop.cancel(),
             () = stop.cancelled() => {}
         }
-    };
-    let served = match &shared.config.tls {
-        None => {
-            // Signaling frames are small and latency-bound: never let Nagle hold one back.
-            let listener = ReadAheadListener(listener).tap_io(|tcp| {
-                let _ = tcp.get_mut().set_nodelay(true);
-            });
-            axum::serve(listener, app).with_graceful_shutdown(stopping).await.map_err(anyhow::Error::from)
-        }
-        Some(files) => tls::serve(listener, app, files, stopping).await,
-    };
+    });
+    accept::serve(listener, shared.clone(), tls, http::router(shared.clone())).await;
     shared.shutdown.cancel();
     shared.tasks.close();
     if tokio::time::timeout(SHUTDOWN_WAIT, shared.tasks.wait()).await.is_err() {
         tracing::warn!("some connections did not close in time");
     }
-    served
-}
-
-/// Plain TCP: every accepted socket reads through [`readahead::ReadAhead`].
-struct ReadAheadListener(TcpListener);
-
-impl axum::serve::Listener for ReadAheadListener {
-    type Io = readahead::ReadAhead<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, client) = axum::serve::Listener::accept(&mut self.0).await;
-        (readahead::ReadAhead::new(tcp), client)
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
-    }
+    Ok(())
 }
 
 async fn sweep_expired_members(shared: std::sync::Arc<Shared>) {

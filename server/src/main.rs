@@ -32,11 +32,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Descriptors kept free besides one per counted connection: the listener, the runtime, stdio,
+/// page files, and the refused connections being answered.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
 fn serve(args: server::config::ServeArgs) -> anyhow::Result<ExitCode> {
     let config_addr = args.addr.clone();
-    let config = args.into_config();
+    let mut config = args.into_config();
+    if let Some(files) = &config.tls
+        && let Err(error) = server::tls::load(files)
+    {
+        eprintln!("server: {error:#}");
+        return Ok(ExitCode::from(2));
+    }
+    fit_connections_to_descriptors(&mut config);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config_addr)
             .await
             .with_context(|| format!("cannot listen on {config_addr}"))?;
@@ -46,7 +57,33 @@ fn serve(args: server::config::ServeArgs) -> anyhow::Result<ExitCode> {
         server::run(listener, config, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Whatever is still running (a connection that ignored its close) must not delay the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(300));
+    result
+}
+
+/// Raises the soft open-file limit to the hard one (1,024 by default would make the default
+/// `--max-connections` unreachable) and, where even the hard limit is too low, lowers the
+/// connection cap to fit: past it, clients get 503 instead of the server failing to accept
+/// (and so failing everyone, `/healthz` included).
+fn fit_connections_to_descriptors(config: &mut server::Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    let fits = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX).max(1);
+    if config.max_connections > fits {
+        tracing::warn!(
+            open_files = limit,
+            max_connections = fits,
+            "the open-file limit is too low for --max-connections; lowering the connection cap to fit"
+        );
+        config.max_connections = fits;
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -37,10 +37,6 @@ impl<S> ReadAhead<S> {
         Self { inner, surplus: Vec::new(), taken: 0 }
     }
 
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
     /// Moves what fits of the surplus into `buf`, releasing the surplus once it is all taken.
     fn hand_out_surplus(&mut self, buf: &mut ReadBuf<'_>) {
         let rest = &self.surplus[self.taken..];

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use protocol::{DisplayName, ErrorCode, IceServer, PeerInfo, RoomName, ServerMessage, Welcome, close_code};
 use tokio::sync::Notify;
 
+use crate::admission::Ticket;
+use crate::budget::SharedBudget;
 use crate::ids::{IdSource, PeerId, resume_token};
 use crate::outbox::{Bound, Frame, Outbox, Overflow};
 use crate::refusal::Refusal;
@@ -126,6 +128,8 @@ struct Conn {
     wake: Arc<Notify>,
     member: Option<PeerId>,
     close: Option<CloseRequest>,
+    /// The connection's count against the caps; its member takes it over when suspended.
+    ticket: Option<Ticket>,
 }
 
 #[derive(Debug)]
@@ -134,6 +138,17 @@ struct Member {
     room: RoomName,
     resume_token: String,
     link: Link,
+    /// Limits that outlive a connection (see [`Rooms::hold_ticket`], [`Rooms::share_budget`]).
+    held: Held,
+}
+
+/// What a member keeps across connections, opaque to the rules: while suspended, the count
+/// against the caps of the client that joined it (so dropping and rejoining cannot hold more
+/// rooms than the caps allow); always, its rate budget (so a resume does not start a fresh one).
+#[derive(Debug, Default)]
+struct Held {
+    ticket: Option<Ticket>,
+    budget: Option<SharedBudget>,
 }
 
 #[derive(Debug)]
@@ -196,8 +211,25 @@ impl Rooms {
     pub fn connect(&mut self, wake: Arc<Notify>) -> ConnId {
         self.next_conn += 1;
         let id = ConnId(self.next_conn);
-        self.conns.insert(id, Conn { outbox: Outbox::default(), wake, member: None, close: None });
+        self.conns
+            .insert(id, Conn { outbox: Outbox::default(), wake, member: None, close: None, ticket: None });
         id
+    }
+
+    /// Gives the connection its count against the caps, to be kept by its member in grace.
+    pub fn hold_ticket(&mut self, conn: ConnId, ticket: Ticket) {
+        if let Some(connection) = self.conns.get_mut(&conn) {
+            connection.ticket = Some(ticket);
+        }
+    }
+
+    /// The budget the member `id` spends from now on: its own if it has one (it resumed), else
+    /// `budget` (the connection's, which a fresh member goes on spending).
+    pub fn share_budget(&mut self, id: &PeerId, budget: SharedBudget) -> SharedBudget {
+        match self.members.get_mut(id) {
+            Some(member) => member.held.budget.get_or_insert(budget).clone(),
+            None => budget,
+        }
     }
 
     pub fn join(&mut self, conn: ConnId, request: JoinRequest, now: Instant) -> Result<Joined, Refusal> {
@@ -255,6 +287,7 @@ impl Rooms {
                 room: request.room.clone(),
                 resume_token: token.clone(),
                 link: Link::Connected(conn),
+                held: Held::default(),
             },
         );
         if let Some(connection) = self.conns.get_mut(&conn) {
@@ -273,6 +306,8 @@ impl Rooms {
         let member = self.members.get_mut(&id)?;
         self.resume_tokens.remove(&member.resume_token);
         member.resume_token = token.clone();
+        // The new connection counts against the caps now.
+        member.held.ticket = None;
         let backlog = match std::mem::replace(&mut member.link, Link::Connected(conn)) {
             Link::Suspended { queue, .. } => queue,
             Link::Connected(old) => match self.conns.get_mut(&old) {
@@ -421,6 +456,7 @@ impl Rooms {
         let Some(id) = connection.member else { return };
         if let Some(member) = self.members.get_mut(&id) {
             member.link = Link::Suspended { until: now + self.config.resume_grace, queue: connection.outbox };
+            member.held.ticket = connection.ticket;
         }
     }
 
@@ -543,6 +579,7 @@ impl Rooms {
                 conn.close.get_or_insert(CloseRequest::immediate(close_code::POLICY, "not reading"));
                 conn.member = None;
                 conn.wake.notify_one();
+                member.held.ticket.clone_from(&conn.ticket);
                 let mut queue = std::mem::take(&mut conn.outbox);
                 if queue.push(frame, grace_bound).is_err() {
                     self.ending.push(to.clone());

@@ -14,7 +14,7 @@ use tokio::time::{Duration, timeout};
 use tracing::Instrument;
 
 use crate::admission::Ticket;
-use crate::budget::{Budget, Verdict};
+use crate::budget::{SharedBudget, Verdict};
 use crate::grant;
 use crate::ids::PeerId;
 use crate::inbound::{self, Request};
@@ -28,13 +28,17 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves one upgraded connection until it ends, whichever side ends it.
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
     let wake = Arc::new(Notify::new());
-    let conn = shared.rooms().connect(Arc::clone(&wake));
+    let conn = {
+        let mut rooms = shared.rooms();
+        let conn = rooms.connect(Arc::clone(&wake));
+        rooms.hold_ticket(conn, ticket);
+        conn
+    };
     let span = tracing::info_span!("conn", %conn);
     async move {
         // Whatever path ends this function, the connection's membership is suspended (or
         // dropped, if it never joined) exactly once.
         let _membership = DisconnectOnDrop { shared: &shared, conn };
-        let _ticket = ticket;
         let (sink, mut stream) = socket.split();
         let ended = {
             let reader = Reader::new(&shared, conn).run(&mut stream);
@@ -68,6 +72,10 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
     .await;
 }
 
+fn is_leave(message: &Message) -> bool {
+    matches!(message, Message::Text(text) if matches!(inbound::parse(text), Ok(Request::Leave)))
+}
+
 struct DisconnectOnDrop<'a> {
     shared: &'a Shared,
     conn: ConnId,
@@ -97,7 +105,9 @@ enum ReadEnd {
 struct Reader<'a> {
     shared: &'a Shared,
     conn: ConnId,
-    budget: Budget,
+    /// Every frame the client sends is charged here: the connection's own budget before it
+    /// joins, its member's after (a resume goes on with the member's).
+    budget: SharedBudget,
     /// Set once joined: the member id, and the start of every signal frame it sends.
     member: Option<(PeerId, String)>,
     joined_by: Instant,
@@ -110,7 +120,7 @@ impl<'a> Reader<'a> {
         Self {
             shared,
             conn,
-            budget: Budget::new(shared.config.rate_limit, now),
+            budget: SharedBudget::new(shared.config.rate_limit, now),
             member: None,
             joined_by: now + shared.config.join_timeout,
             heard_at: now,
@@ -157,6 +167,37 @@ impl<'a> Reader<'a> {
             };
             let now = Instant::now();
             self.heard_at = now;
+            let size = match &message {
+                Message::Text(text) => text.len(),
+                Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
+                Message::Close(_) => return ReadEnd::Gone,
+            };
+            // Every frame costs: whatever its kind (a `leave` or a ping included) and whatever
+            // the answer, so no kind of frame can be sent for free without end.
+            match self.budget.charge(size, now) {
+                Verdict::Allowed => {}
+                // A member's `leave` is honoured even over budget: it ends the connection, so it
+                // cannot be repeated, and refusing it would keep the member in grace.
+                Verdict::Refused if self.member.is_some() && is_leave(&message) => {}
+                Verdict::Refused => {
+                    let to = match &message {
+                        Message::Text(text) => match inbound::parse(text) {
+                            Ok(Request::Signal { to, .. }) => Some(to.into_owned()),
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    self.refuse(
+                        Refusal::new(ErrorCode::RateLimited, "over the message budget; slow down")
+                            .about_signal_to(to.as_deref()),
+                    );
+                    continue;
+                }
+                Verdict::Abusive => {
+                    tracing::info!("closing: kept sending over the rate limit");
+                    return self.close(close_code::POLICY, "rate limit");
+                }
+            }
             match message {
                 Message::Text(text) => {
                     if let Some(end) = self.on_text(&text, now) {
@@ -167,36 +208,15 @@ impl<'a> Reader<'a> {
                     ErrorCode::BinaryUnsupported,
                     "binary frames are not part of the protocol; send JSON in text frames",
                 )),
-                Message::Close(_) => return ReadEnd::Gone,
-                Message::Ping(_) | Message::Pong(_) => {}
+                // Answered by the WebSocket layer (ping) or nothing to do (pong).
+                Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
             }
         }
     }
 
     /// Handles one text frame; `Some` ends the read loop.
     fn on_text(&mut self, text: &str, now: Instant) -> Option<ReadEnd> {
-        let request = inbound::parse(text);
-        if !matches!(request, Ok(Request::Leave)) {
-            match self.budget.charge(text.len(), now) {
-                Verdict::Allowed => {}
-                Verdict::Refused => {
-                    let to = match &request {
-                        Ok(Request::Signal { to, .. }) => Some(to.as_ref()),
-                        _ => None,
-                    };
-                    self.refuse(
-                        Refusal::new(ErrorCode::RateLimited, "over the message budget; slow down")
-                            .about_signal_to(to),
-                    );
-                    return None;
-                }
-                Verdict::Abusive => {
-                    tracing::warn!("closing: kept sending over the rate limit");
-                    return Some(self.close(close_code::POLICY, "rate limit"));
-                }
-            }
-        }
-        match request {
+        match inbound::parse(text) {
             Err(refusal) => self.refuse(refusal),
             Ok(Request::Join { room, name, resume, token }) => {
                 return self.join(room, name, resume, token, now);
@@ -249,6 +269,7 @@ impl<'a> Reader<'a> {
         }
         match rooms.join(self.conn, request, now) {
             Ok(joined) => {
+                self.budget = rooms.share_budget(&joined.id, self.budget.clone());
                 drop(rooms);
                 tracing::info!(peer = %joined.id, room = %joined.room, resumed = joined.resumed, "joined");
                 let from = serde_json::to_string(joined.id.as_str()).unwrap_or_default();

@@ -72,7 +72,15 @@ impl ServerProcess {
 
     /// A metric's current value from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let (_, body) = self.http_get("/metrics").await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let body = loop {
+            // A server at a connection cap answers 503 or 429 until a place frees up.
+            let (status, body) = self.http_get("/metrics").await;
+            if status == 200 || tokio::time::Instant::now() >= deadline {
+                break body;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         body.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("metric {name} missing from:\n{body}"))
