@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of Switchboard on a fresh Debian machine (as root): installs what the tests
-# need (Chromium and ChromeDriver for the browser tests, iproute2 for the per-test network
-# namespaces, openssl for the TLS test's certificate), builds once, checks formatting and lints, then runs the whole test suite.
+# need (Chromium and ChromeDriver, Firefox ESR and geckodriver for the browser tests, iproute2
+# for the per-test network namespaces, openssl for the TLS test's certificate), builds once,
+# checks formatting and lints, then runs the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
 command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need_packages+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
+command -v firefox-esr >/dev/null 2>&1 || need_packages+=(firefox-esr)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need_packages[*]}; run as root (or install them) to run the e2e tests" >&2
@@ -20,6 +22,20 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
 fi
+
+# geckodriver (Firefox's WebDriver) is not packaged by Debian: built from crates.io into cargo's
+# bin dir (about 2 minutes), where the browser tests look for it too.
+if ! command -v geckodriver >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/geckodriver" ]; then
+  echo "==> installing geckodriver (cargo install --locked geckodriver)"
+  cargo install --locked --quiet geckodriver
+fi
+geckodriver_bin=$(command -v geckodriver || echo "${CARGO_HOME:-$HOME/.cargo}/bin/geckodriver")
+
+echo "==> browsers under test"
+chromium --version 2>/dev/null | head -n 1
+chromedriver --version | head -n 1
+firefox-esr --version 2>/dev/null | head -n 1
+"$geckodriver_bin" --version | head -n 1
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check

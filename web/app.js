@@ -539,7 +539,12 @@ ui.leave.addEventListener("click", () => {
 });
 
 // Closing or leaving the tab is leaving the room: the others see it at once instead of after
-// the server's resume grace period.
+// the server's resume grace period. `pagehide` is the standard moment (the spec closes a
+// document's WebSockets only after it), but Firefox (ESR 153, measured) has closed them with
+// 1001 by then, so its `leave` was never sent: `beforeunload` comes first, with the socket
+// still open, in every browser. Nothing here cancels a navigation, so one that fires is
+// followed by the unload; leave() is idempotent.
+window.addEventListener("beforeunload", () => session?.leave());
 window.addEventListener("pagehide", () => session?.leave());
 
 function main() {

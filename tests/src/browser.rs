@@ -1,18 +1,23 @@
-//! A real headless Chromium, driven over WebDriver, for the page's end-to-end tests.
+//! Real headless browsers, Chromium and Firefox ESR, driven over WebDriver, for the page's
+//! end-to-end tests.
 //!
-//! Each [`Browser`] is its own `chromedriver` (on a free loopback port) with one Chromium
-//! session in a fresh profile directory. It is driven with `fantoccini`, a WebDriver client:
-//! WebDriver is the W3C standard protocol, ChromeDriver ships with Debian's Chromium, and the
-//! same tests could drive another browser later; CDP would tie them to Chromium.
+//! Each [`Browser`] is its own driver process (`chromedriver` or `geckodriver`, on a free
+//! loopback port) with one browser session in a fresh profile directory. It is driven with
+//! `fantoccini`, a WebDriver client: WebDriver is the W3C standard protocol, so one harness
+//! drives both browsers (CDP would tie the tests to Chromium).
 //!
 //! Everything a test checks goes through the page's DOM contract (INTERFACES.md, "Page"):
 //! `data-self-id`, `data-peer-id` + `data-channel` + `data-connection`, `#message`/`#send`,
 //! `data-chat-from` + `[data-chat-text]`. A wait that runs out fails the test with what the page
 //! showed at that moment, the browser console, and a screenshot under `target/browser-failures/`.
 //!
-//! Chromium and ChromeDriver come from Debian's `chromium` and `chromium-driver` packages
-//! (`/usr/bin/chromium`, `/usr/bin/chromedriver`); `SWITCHBOARD_CHROMIUM` and
-//! `SWITCHBOARD_CHROMEDRIVER` point elsewhere. When they are missing the test fails and says so.
+//! Where the programs come from (a missing one fails the test and says how to install it):
+//! - Chromium: Debian's `chromium` and `chromium-driver` (`/usr/bin/chromium`,
+//!   `/usr/bin/chromedriver`); `SWITCHBOARD_CHROMIUM` and `SWITCHBOARD_CHROMEDRIVER` point
+//!   elsewhere.
+//! - Firefox: Debian's `firefox-esr` (`/usr/bin/firefox-esr`) and geckodriver from crates.io
+//!   (`cargo install --locked geckodriver`, found on `PATH` or in `~/.cargo/bin`);
+//!   `SWITCHBOARD_FIREFOX` and `SWITCHBOARD_GECKODRIVER` point elsewhere.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -38,8 +43,12 @@ const POLL: Duration = Duration::from_millis(50);
 
 const CHROMIUM_ENV: &str = "SWITCHBOARD_CHROMIUM";
 const CHROMEDRIVER_ENV: &str = "SWITCHBOARD_CHROMEDRIVER";
-const INSTALL_HINT: &str = "install Debian's `chromium` and `chromium-driver` packages \
-     (`apt-get install -y chromium chromium-driver`; the README's test command does it)";
+const CHROMIUM_INSTALL_HINT: &str = "install Debian's `chromium` and `chromium-driver` packages \
+     (`apt-get install -y chromium chromium-driver`; scripts/test.sh does it)";
+const FIREFOX_ENV: &str = "SWITCHBOARD_FIREFOX";
+const GECKODRIVER_ENV: &str = "SWITCHBOARD_GECKODRIVER";
+const FIREFOX_INSTALL_HINT: &str = "install Debian's `firefox-esr` package and geckodriver \
+     (`apt-get install -y firefox-esr` and `cargo install --locked geckodriver`; scripts/test.sh does both)";
 
 /// Chromium flags for a headless run on a machine without a network, and for WebRTC on a
 /// loopback-only interface: without `--allow-loopback-in-peer-connection` Chromium never pairs
@@ -63,6 +72,62 @@ const CHROMIUM_FLAGS: &[&str] = &[
     "--enable-logging=stderr",
     "--v=0",
 ];
+
+/// Firefox preferences for the same job, written into the fresh profile by geckodriver
+/// (`moz:firefoxOptions.prefs`); measured in ../shared/notes/round2.md.
+fn firefox_prefs() -> Value {
+    json!({
+        // Firefox gathers no loopback candidates without this, and a test namespace has only `lo`.
+        "media.peerconnection.ice.loopback": true,
+        // Without camera/microphone permission Firefox hides local addresses and, in a
+        // loopback-only namespace, gathers no candidates at all (as Chromium does). 1 = allow.
+        "permissions.default.camera": 1,
+        "permissions.default.microphone": 1,
+        // A fake camera and microphone (Chromium: --use-fake-device-for-media-stream), without
+        // the permission prompt (Chromium: --use-fake-ui-for-media-stream).
+        "media.navigator.streams.fake": true,
+        "media.navigator.permission.disabled": true,
+        // The page's console.* lines go to stdout, hence to the log that failures quote.
+        "devtools.console.stdout.content": true,
+        // No look-ups that a machine without a network cannot answer.
+        "network.captive-portal-service.enabled": false,
+        "network.connectivity-service.enabled": false,
+        "browser.safebrowsing.update.enabled": false,
+        "extensions.update.enabled": false,
+        "app.update.disabledForTesting": true,
+        "datareporting.policy.dataSubmissionEnabled": false,
+        "toolkit.telemetry.reportingpolicy.firstRun": false,
+    })
+}
+
+/// Which browser a [`Browser`] runs. Tests that should hold in every browser loop over
+/// [`BrowserKind::ALL`] or are generated once per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BrowserKind {
+    /// Debian's `chromium`, through `chromedriver`.
+    Chromium,
+    /// Debian's `firefox-esr`, through `geckodriver`.
+    Firefox,
+}
+
+impl BrowserKind {
+    /// Every browser the page is tested in.
+    pub const ALL: [BrowserKind; 2] = [BrowserKind::Chromium, BrowserKind::Firefox];
+
+    /// `chromium` or `firefox`, as used in test names and labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            BrowserKind::Chromium => "chromium",
+            BrowserKind::Firefox => "firefox",
+        }
+    }
+}
+
+impl std::fmt::Display for BrowserKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The page's `web/` directory in this checkout: tests serve it with `--web-dir`, so that they
 /// test the files in the tree rather than whatever copy a server binary embedded.
@@ -99,19 +164,24 @@ pub struct PeerEntry {
     pub connection: String,
 }
 
-/// One Chromium with its own chromedriver and profile. Close it with [`Browser::close`]; when
-/// dropped, chromedriver is killed (Chromium then goes with the test's PID namespace).
+/// One browser with its own driver and profile. Close it with [`Browser::close`]; when dropped,
+/// the driver is killed (the browser then goes with the test's PID namespace).
 pub struct Browser {
+    kind: BrowserKind,
     label: String,
     client: Client,
     driver: Child,
+    /// The browser's profile (Chromium) or the driver's temp dir holding it (Firefox).
     profile: PathBuf,
     log: PathBuf,
 }
 
 impl std::fmt::Debug for Browser {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Browser").field("label", &self.label).finish_non_exhaustive()
+        f.debug_struct("Browser")
+            .field("kind", &self.kind)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,29 +194,70 @@ impl Browser {
 
     /// [`Browser::start`] with another window size.
     pub async fn start_sized(label: &str, width: u32, height: u32) -> Browser {
-        let chromium = program(CHROMIUM_ENV, "/usr/bin/chromium", "Chromium");
-        let chromedriver = program(CHROMEDRIVER_ENV, "/usr/bin/chromedriver", "ChromeDriver");
+        Browser::start_kind_sized(BrowserKind::Chromium, label, width, height).await
+    }
+
+    /// Starts a headless Firefox ESR through geckodriver (1280×800).
+    pub async fn start_firefox(label: &str) -> Browser {
+        Browser::start_kind(BrowserKind::Firefox, label).await
+    }
+
+    /// Starts a headless browser of `kind` with a desktop-sized window (1280×800).
+    pub async fn start_kind(kind: BrowserKind, label: &str) -> Browser {
+        Browser::start_kind_sized(kind, label, 1280, 800).await
+    }
+
+    /// [`Browser::start_kind`] with another window size. Fails the test, saying why, when the
+    /// browser or its driver cannot be started.
+    pub async fn start_kind_sized(kind: BrowserKind, label: &str, width: u32, height: u32) -> Browser {
+        let (browser, driver) = match kind {
+            BrowserKind::Chromium => (
+                program(CHROMIUM_ENV, &["/usr/bin/chromium"], "Chromium", CHROMIUM_INSTALL_HINT),
+                program(CHROMEDRIVER_ENV, &["/usr/bin/chromedriver"], "ChromeDriver", CHROMIUM_INSTALL_HINT),
+            ),
+            BrowserKind::Firefox => (
+                program(FIREFOX_ENV, &["/usr/bin/firefox-esr"], "Firefox ESR", FIREFOX_INSTALL_HINT),
+                program(GECKODRIVER_ENV, &geckodriver_candidates(), "geckodriver", FIREFOX_INSTALL_HINT),
+            ),
+        };
+        let label = format!("{label}-{kind}");
         // A start that stalls (seen once in a few dozen on a loaded 2-core machine) is tried
-        // once more with a new chromedriver and profile; a second failure fails the test.
+        // once more with a new driver and profile; a second failure fails the test.
         let mut first_failure = None;
         for _ in 0..2 {
-            match launch(&chromium, &chromedriver, label, width, height).await {
-                Ok(browser) => {
+            match launch(kind, &browser, &driver, &label, width, height).await {
+                Ok(started) => {
                     if let Some(why) = &first_failure {
                         eprintln!(
                             "browser {label}: the first start failed, the second worked. First failure: {why}"
                         );
                     }
-                    return browser;
+                    eprintln!("browser {label}: {}", started.version());
+                    return started;
                 }
                 Err(why) if first_failure.is_none() => first_failure = Some(why),
                 Err(why) => panic!(
-                    "browser {label}: Chromium could not be started twice.\nfirst: {}\nsecond: {why}",
+                    "browser {label}: {kind} could not be started twice.\nfirst: {}\nsecond: {why}",
                     first_failure.unwrap_or_default()
                 ),
             }
         }
         unreachable!("the loop returns or panics")
+    }
+
+    /// Which browser this is.
+    pub fn kind(&self) -> BrowserKind {
+        self.kind
+    }
+
+    /// The browser's name and version as its driver reported them at start, e.g.
+    /// `firefox 140.10.2`.
+    pub fn version(&self) -> String {
+        let caps = self.client.capabilities();
+        let field = |name: &str| {
+            caps.and_then(|c| c.get(name)).and_then(Value::as_str).unwrap_or("unknown").to_string()
+        };
+        format!("{} {}", field("browserName"), field("browserVersion"))
     }
 
     /// The WebDriver client, for anything the helpers do not cover.
@@ -272,6 +383,17 @@ impl Browser {
         self.wait_until(what, &script).await;
     }
 
+    /// Waits until the element `css` is in the page and rendered (not inside a `hidden`
+    /// ancestor), as a person needs it to be to click or type: geckodriver refuses keys for
+    /// an element not yet shown, where chromedriver would type into it anyway.
+    pub async fn wait_shown(&self, css: &str) {
+        let script = format!(
+            "const e = document.querySelector({}); return e !== null && e.getClientRects().length > 0;",
+            json!(css)
+        );
+        self.wait_until(&format!("{css} shown"), &script).await;
+    }
+
     /// Waits until `script` (a function body) returns something truthy, and returns it. Fails
     /// the test after [`BROWSER_DEADLINE`] with what the page shows.
     pub async fn wait_until(&self, what: &str, script: &str) -> Value {
@@ -304,18 +426,18 @@ impl Browser {
         }
     }
 
-    /// Clicks the element `css` (waiting for it first).
+    /// Clicks the element `css` (waiting for it to be shown first).
     pub async fn click(&self, css: &str) {
-        self.wait_for_css(css, css).await;
+        self.wait_shown(css).await;
         let result = async { self.client.find(Locator::Css(css)).await?.click().await }.await;
         if let Err(e) = result {
             self.fail(&format!("cannot click {css}: {e}")).await;
         }
     }
 
-    /// Types `text` into the element `css` (waiting for it first), as keystrokes.
+    /// Types `text` into the element `css` (waiting for it to be shown first), as keystrokes.
     pub async fn type_into(&self, css: &str, text: &str) {
-        self.wait_for_css(css, css).await;
+        self.wait_shown(css).await;
         let result = async { self.client.find(Locator::Css(css)).await?.send_keys(text).await }.await;
         if let Err(e) = result {
             self.fail(&format!("cannot type into {css}: {e}")).await;
@@ -346,13 +468,17 @@ impl Browser {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains("CONSOLE"))
+            .filter(|l| is_console_line(l))
             .map(str::to_string)
             .collect()
     }
 
-    /// Ends the WebDriver session (closing Chromium) and chromedriver.
+    /// Ends the WebDriver session (closing the browser) and the driver.
     pub async fn close(mut self) {
+        self.close_quietly().await;
+    }
+
+    async fn close_quietly(&mut self) {
         let client = self.client.clone();
         let _ = tokio::time::timeout(Duration::from_secs(10), client.close()).await;
         let _ = self.driver.start_kill();
@@ -395,60 +521,126 @@ impl Drop for Browser {
     }
 }
 
-/// Starts chromedriver and, through it, Chromium; `Err` says why not (with the log's tail).
+/// Starts the driver and, through it, the browser; `Err` says why not (with the log's tail).
 async fn launch(
-    chromium: &Path,
-    chromedriver: &Path,
+    kind: BrowserKind,
+    browser: &Path,
+    driver_path: &Path,
     label: &str,
     width: u32,
     height: u32,
 ) -> Result<Browser, String> {
-    let profile = fresh_profile_dir();
+    let profile = fresh_profile_dir(kind);
     let log = profile.with_extension("log");
     let log_file = std::fs::File::create(&log)
         .unwrap_or_else(|e| panic!("cannot create the browser log {}: {e}", log.display()));
+    let log_clone = log_file
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cannot share the browser log {}: {e}", log.display()));
 
     let port = free_port();
-    let mut driver = Command::new(chromedriver)
-        .arg(format!("--port={port}"))
-        .arg("--allowed-ips=127.0.0.1")
-        // Chromium's own stderr, console messages included, goes to the log file.
-        .arg("--enable-chrome-logs")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {} ({e}); {INSTALL_HINT}", chromedriver.display()));
-    wait_for_port(&mut driver, port, chromedriver, &log).await?;
-
-    let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
-    args.push(format!("--user-data-dir={}", profile.display()));
-    args.push(format!("--window-size={width},{height}"));
+    let mut command = Command::new(driver_path);
     let mut caps = serde_json::Map::new();
-    caps.insert("browserName".into(), json!("chrome"));
     // The default strategy waits for every load event and stalls for seconds here; tests
     // wait for what they need through the DOM instead.
     caps.insert("pageLoadStrategy".into(), json!("none"));
-    caps.insert("goog:chromeOptions".into(), json!({ "binary": chromium.to_string_lossy(), "args": args }));
+    match kind {
+        BrowserKind::Chromium => {
+            command
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                // Chromium's own stderr, console messages included, goes to the log file.
+                .arg("--enable-chrome-logs");
+            let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
+            args.push(format!("--user-data-dir={}", profile.display()));
+            args.push(format!("--window-size={width},{height}"));
+            caps.insert("browserName".into(), json!("chrome"));
+            caps.insert(
+                "goog:chromeOptions".into(),
+                json!({ "binary": browser.to_string_lossy(), "args": args }),
+            );
+        }
+        BrowserKind::Firefox => {
+            // geckodriver makes its profile (and Firefox its caches) under TMPDIR: inside our
+            // own directory, which Drop removes (geckodriver removes its profile only at a clean end).
+            command.args(["--host", "127.0.0.1", "--port", &port.to_string()]).env("TMPDIR", &profile);
+            caps.insert("browserName".into(), json!("firefox"));
+            caps.insert(
+                "moz:firefoxOptions".into(),
+                json!({
+                    "binary": browser.to_string_lossy(),
+                    "args": ["-headless", "-width", width.to_string(), "-height", height.to_string()],
+                    "prefs": firefox_prefs(),
+                    // Remote settings would otherwise be fetched from the network at start.
+                    "env": { "MOZ_REMOTE_SETTINGS_DEVTOOLS": "1" },
+                }),
+            );
+        }
+    }
+    let mut driver = command
+        .stdin(Stdio::null())
+        // Firefox's stdout (console lines) and stderr go through geckodriver's.
+        .stdout(log_clone)
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {} ({e}); {}", driver_path.display(), install_hint(kind)));
+    wait_for_port(&mut driver, port, driver_path, &log).await?;
+
     let url = format!("http://127.0.0.1:{port}");
     let mut builder = ClientBuilder::native();
     builder.capabilities(caps);
     let connect = builder.connect(&url);
     let failure = match tokio::time::timeout(START_DEADLINE, connect).await {
-        Ok(Ok(client)) => return Ok(Browser { label: label.to_string(), client, driver, profile, log }),
+        Ok(Ok(client)) => {
+            let mut started = Browser { kind, label: label.to_string(), client, driver, profile, log };
+            if kind == BrowserKind::Firefox {
+                // `-width`/`-height` size the screen; the window follows it only roughly.
+                if let Err(e) = started.client.set_window_size(width, height).await {
+                    let why = format!("cannot size the window: {e}");
+                    started.close_quietly().await;
+                    return Err(why);
+                }
+            }
+            return Ok(started);
+        }
         Ok(Err(e)) => format!(
-            "chromedriver could not start Chromium ({}): {e}\n{}",
-            chromium.display(),
+            "{} could not start {kind} ({}): {e}\n{}",
+            driver_path.display(),
+            browser.display(),
             log_tail(&log, 40)
         ),
-        Err(_) => format!("Chromium did not start within {START_DEADLINE:?}\n{}", log_tail(&log, 40)),
+        Err(_) => format!("{kind} did not start within {START_DEADLINE:?}\n{}", log_tail(&log, 40)),
     };
     let _ = driver.start_kill();
     let _ = driver.wait().await;
     let _ = std::fs::remove_dir_all(&profile);
     let _ = std::fs::remove_file(&log);
     Err(failure)
+}
+
+fn install_hint(kind: BrowserKind) -> &'static str {
+    match kind {
+        BrowserKind::Chromium => CHROMIUM_INSTALL_HINT,
+        BrowserKind::Firefox => FIREFOX_INSTALL_HINT,
+    }
+}
+
+/// Where geckodriver is looked for, in order: `PATH`, then cargo's install dir.
+fn geckodriver_candidates() -> Vec<String> {
+    let mut found: Vec<String> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("geckodriver")).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    if let Some(cargo_home) = cargo_home {
+        found.push(cargo_home.join("bin/geckodriver").to_string_lossy().into_owned());
+    }
+    found
 }
 
 /// What [`Browser`] reports about the page when a wait fails.
@@ -479,37 +671,43 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-fn program(env: &str, default: &str, what: &str) -> PathBuf {
-    let path = std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(default));
-    if !path.exists() {
-        panic!("{what} not found at {} (set {env} to use another); {INSTALL_HINT}", path.display());
+/// The program named by `env`, else the first of `defaults` that exists; fails the test when none does.
+fn program<S: AsRef<str>>(env: &str, defaults: &[S], what: &str, hint: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env).map(PathBuf::from) {
+        if !path.exists() {
+            panic!("{what} not found at {} (from {env}); {hint}", path.display());
+        }
+        return path;
     }
-    path
+    let looked: Vec<&str> = defaults.iter().map(AsRef::as_ref).collect();
+    looked.iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("{what} not found (looked at {}; set {env} to use another); {hint}", looked.join(", "))
+    })
 }
 
-/// A new, empty directory for one Chromium profile. The name cannot be derived from the process
+/// A new, empty directory for one browser profile. The name cannot be derived from the process
 /// id alone: every test runs as PID 1 of its own PID namespace while sharing `/tmp`, and two
 /// Chromiums given one profile directory become one browser (the second start then stalls).
-fn fresh_profile_dir() -> PathBuf {
+fn fresh_profile_dir(kind: BrowserKind) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     for _ in 0..100 {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir =
-            std::env::temp_dir().join(format!("switchboard-chromium-{}-{nanos:x}-{n}", std::process::id()));
+            std::env::temp_dir().join(format!("switchboard-{kind}-{}-{nanos:x}-{n}", std::process::id()));
         // create_dir (not _all) fails if it exists: the directory is ours alone.
         match std::fs::create_dir(&dir) {
             Ok(()) => return dir,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => panic!("cannot create a Chromium profile dir {}: {e}", dir.display()),
+            Err(e) => panic!("cannot create a {kind} profile dir {}: {e}", dir.display()),
         }
     }
-    panic!("cannot find a free name for a Chromium profile dir in {}", std::env::temp_dir().display())
+    panic!("cannot find a free name for a {kind} profile dir in {}", std::env::temp_dir().display())
 }
 
 fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap_or_else(|e| panic!("cannot find a free loopback port for chromedriver: {e}"));
+        .unwrap_or_else(|e| panic!("cannot find a free loopback port for a WebDriver driver: {e}"));
     listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("no local address: {e}"))
 }
 
@@ -534,19 +732,87 @@ async fn wait_for_port(driver: &mut Child, port: u16, path: &Path, log: &Path) -
     }
 }
 
-/// The last `n` lines of the chromedriver/Chromium log, console messages first.
+/// A console message of the page in a driver's log: Chromium tags them `CONSOLE`, Firefox
+/// (with `devtools.console.stdout.content`) starts them with `console.log:`, `console.warn:`...
+fn is_console_line(line: &str) -> bool {
+    line.contains("CONSOLE") || line.trim_start().starts_with("console.")
+}
+
+/// The last `n` lines of the driver's and browser's log, console messages first.
 fn log_tail(log: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let console: Vec<&str> = text.lines().filter(|l| l.contains("CONSOLE")).collect();
+    let console: Vec<&str> = text.lines().filter(|l| is_console_line(l)).collect();
     let lines: Vec<&str> = text.lines().collect();
     let mut out = String::new();
     let _ = writeln!(out, "browser console ({} lines):", console.len());
     for l in console.iter().skip(console.len().saturating_sub(n)) {
         let _ = writeln!(out, "  {l}");
     }
-    let _ = writeln!(out, "chromedriver/Chromium log, last lines ({}):", log.display());
+    let _ = writeln!(out, "driver/browser log, last lines ({}):", log.display());
     for l in lines.iter().skip(lines.len().saturating_sub(n)) {
         let _ = writeln!(out, "  {l}");
     }
     out
+}
+
+/// One `#[test]` per browser for `async fn NAME(kind: BrowserKind)`: a module `NAME` holding
+/// `NAME::chromium` and `NAME::firefox`, each running the body with that browser inside
+/// [`isolated`](crate::isolated) (or `isolated_with_timeout` when a limit is given). Filter
+/// with `firefox` or `chromium` to run one browser's tests.
+///
+/// ```ignore
+/// tests::in_each_browser!(pages_chat);
+/// async fn pages_chat(kind: BrowserKind) { let ana = Browser::start_kind(kind, "ana").await; /* ... */ }
+/// ```
+#[macro_export]
+macro_rules! in_each_browser {
+    ($name:ident) => {
+        $crate::in_each_browser!($name, ::std::time::Duration::from_secs(300));
+    };
+    ($name:ident, $limit:expr) => {
+        mod $name {
+            #[test]
+            fn chromium() {
+                $crate::isolated_with_timeout($limit, || {
+                    super::$name($crate::browser::BrowserKind::Chromium)
+                });
+            }
+            #[test]
+            fn firefox() {
+                $crate::isolated_with_timeout($limit, || super::$name($crate::browser::BrowserKind::Firefox));
+            }
+        }
+    };
+}
+
+/// One `#[test]` per ordered pair of browsers for `async fn NAME(first: BrowserKind, second:
+/// BrowserKind)`: `NAME::chromium_chromium`, `NAME::chromium_firefox`, `NAME::firefox_chromium`
+/// and `NAME::firefox_firefox`. For tests where two browsers meet: who joins second makes the
+/// offer, so both orders of a mixed pair are covered.
+#[macro_export]
+macro_rules! in_each_browser_pair {
+    ($name:ident) => {
+        $crate::in_each_browser_pair!($name, ::std::time::Duration::from_secs(300));
+    };
+    ($name:ident, $limit:expr) => {
+        mod $name {
+            use $crate::browser::BrowserKind::{Chromium, Firefox};
+            #[test]
+            fn chromium_chromium() {
+                $crate::isolated_with_timeout($limit, || super::$name(Chromium, Chromium));
+            }
+            #[test]
+            fn chromium_firefox() {
+                $crate::isolated_with_timeout($limit, || super::$name(Chromium, Firefox));
+            }
+            #[test]
+            fn firefox_chromium() {
+                $crate::isolated_with_timeout($limit, || super::$name(Firefox, Chromium));
+            }
+            #[test]
+            fn firefox_firefox() {
+                $crate::isolated_with_timeout($limit, || super::$name(Firefox, Firefox));
+            }
+        }
+    };
 }
