@@ -771,6 +771,9 @@ macro_rules! in_each_browser {
     };
     ($name:ident, $limit:expr) => {
         mod $name {
+            // `$limit` is written at the call site: names it uses resolve as they do there.
+            #[allow(unused_imports)]
+            use super::*;
             #[test]
             fn chromium() {
                 $crate::isolated_with_timeout($limit, || {
@@ -796,6 +799,8 @@ macro_rules! in_each_browser_pair {
     };
     ($name:ident, $limit:expr) => {
         mod $name {
+            #[allow(unused_imports)]
+            use super::*;
             use $crate::browser::BrowserKind::{Chromium, Firefox};
             #[test]
             fn chromium_chromium() {

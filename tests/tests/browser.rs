@@ -12,9 +12,12 @@
 use std::path::Path;
 use std::time::Instant;
 
-use tests::browser::{Browser, BrowserKind, start_server_with_page};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tests::browser::{BROWSER_DEADLINE, Browser, BrowserKind, start_server_with_page};
 use tests::proxy::CuttingProxy;
 use tests::{Peer, in_each_browser, in_each_browser_pair};
+use tokio_tungstenite::tungstenite::Message;
 
 in_each_browser!(browser_then_rust_peer_exchange_lines);
 /// Browser first, Rust peer second: the Rust peer is the newcomer and makes the offer.
@@ -418,4 +421,175 @@ async fn a_room_token_in_the_link_lets_the_page_in(kind: BrowserKind) {
         "invite link {invite:?}"
     );
     ana.close().await;
+}
+
+/// What Firefox puts on the wire, unchanged, is enough for the Rust peer: its offer with
+/// `a=max-message-size:1073741823`, upper-case `UDP`/`TCP` candidates, `::1` candidates, and
+/// the end of candidates as `candidate:""` and then `null` (../shared/notes/round2.md).
+///
+/// The test stands in for the page's signaling: an `RTCPeerConnection` made in Firefox by the
+/// test, a WebSocket client in the test joined to the real server, the real Rust peer on the
+/// other side. Firefox's signals go out exactly as `toJSON()` gives them, but only its `::1`
+/// candidates, and the Rust peer's candidates (and the candidate lines of its answer) are held
+/// back from Firefox: so the only way to connect is the Rust peer checking Firefox's `::1`
+/// candidate it was sent. A refused candidate, end-of-candidates or offer fails the test.
+#[test]
+fn firefox_signals_as_sent_connect_to_the_rust_peer_over_ipv6() {
+    tests::isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let mut rusty =
+            Peer::spawn(&server, &["--room", "wire", "--name", "rusty", "--send", "hello fox"]).await;
+        let rusty_id = rusty.joined().await;
+        let fox = Browser::start_firefox("fox").await;
+        // Any page of the server's origin will do: the test's script makes its own connection.
+        fox.open(&format!("{}/", server.http_url())).await;
+        fox.wait_shown("#join").await;
+        let mut ws = RawClient::join(&server, "wire", "fox").await;
+
+        // The newcomer makes the offer (PROTOCOL.md): here Firefox.
+        fox.eval(FIREFOX_OFFERER).await;
+        let offer = fox.wait_until("Firefox's offer", "return window.__fox.offer;").await;
+        let sdp = offer["sdp"].as_str().unwrap_or_default().to_string();
+        assert!(sdp.contains("a=max-message-size:1073741823"), "Firefox's offer as measured: {sdp}");
+        ws.signal(&rusty_id, offer).await;
+
+        let gathered = fox
+            .wait_until(
+                "Firefox's candidates, ended by null",
+                "const c = window.__fox.candidates; return c.length > 0 && c[c.length - 1] === null && c;",
+            )
+            .await;
+        let gathered = gathered.as_array().cloned().unwrap_or_default();
+        let line = |c: &Value| c["candidate"].as_str().map(str::to_string);
+        let ipv6: Vec<Value> =
+            gathered.iter().filter(|c| line(c).is_some_and(|l| l.contains(" ::1 "))).cloned().collect();
+        assert!(
+            ipv6.iter().any(|c| line(c).is_some_and(|l| l.contains(" UDP "))),
+            "Firefox offers an upper-case UDP candidate on ::1: {gathered:?}"
+        );
+        assert!(
+            ipv6.iter().any(|c| line(c).is_some_and(|l| l.contains(" TCP "))),
+            "Firefox offers an upper-case TCP candidate on ::1: {gathered:?}"
+        );
+        let end_of_candidates: Vec<&Value> =
+            gathered.iter().filter(|c| line(c).as_deref() == Some("")).collect();
+        assert_eq!(
+            end_of_candidates.len(),
+            1,
+            "Firefox ends its candidates with candidate:\"\": {gathered:?}"
+        );
+        for candidate in ipv6.iter().chain(end_of_candidates).chain([&Value::Null]) {
+            ws.signal(&rusty_id, json!({ "type": "candidate", "candidate": candidate })).await;
+        }
+
+        // The Rust peer's answer, without its candidates: Firefox must be found by its own.
+        let answer = ws.wait_signal(&rusty_id, "answer").await;
+        let stripped: String = answer["sdp"]
+            .as_str()
+            .unwrap_or_default()
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with("a=candidate:") && !l.starts_with("a=end-of-candidates"))
+            .collect();
+        fox.eval(&format!(
+            "window.__fox.pc.setRemoteDescription({}); return true;",
+            json!({ "type": "answer", "sdp": stripped })
+        ))
+        .await;
+
+        fox.wait_until(
+            "the chat channel open in Firefox",
+            "return window.__fox.channel.readyState === 'open';",
+        )
+        .await;
+        rusty.wait_for("channel_open to fox", |e| e["event"] == "channel_open" && e["peer"] == ws.id).await;
+        fox.wait_until("rusty's line in Firefox", "return window.__fox.lines.includes('hello fox');").await;
+        fox.eval("window.__fox.channel.send('hello rusty, from Firefox over ::1'); return true;").await;
+        rusty.wait_message(&ws.id, "hello rusty, from Firefox over ::1").await;
+        let pair = fox
+            .wait_until(
+                "the selected candidate pair",
+                r#"return window.__fox.pc.getStats().then(report => {
+                     for (const s of report.values()) {
+                       if (s.type === 'candidate-pair' && s.selected) {
+                         return { local: report.get(s.localCandidateId).address,
+                                  remote: report.get(s.remoteCandidateId).address };
+                       }
+                     }
+                     return null;
+                   });"#,
+            )
+            .await;
+        assert_eq!(pair["local"], "::1", "connected over Firefox's ::1 candidate: {pair}");
+        drop(ws);
+        fox.close().await;
+    });
+}
+
+/// Run in Firefox: an `RTCPeerConnection` with a `chat` channel that records its offer, every
+/// `icecandidate` as `toJSON()` gives it (`null` for the last), and the lines it receives.
+const FIREFOX_OFFERER: &str = r#"
+const pc = new RTCPeerConnection();
+const fox = { pc, offer: null, candidates: [], lines: [] };
+window.__fox = fox;
+fox.channel = pc.createDataChannel('chat', { ordered: true });
+fox.channel.onmessage = ({ data }) => fox.lines.push(data);
+pc.onicecandidate = ({ candidate }) => fox.candidates.push(candidate ? candidate.toJSON() : null);
+pc.setLocalDescription().then(() => { fox.offer = pc.localDescription.toJSON(); });
+return true;
+"#;
+
+/// A bare signaling client (PROTOCOL.md) for tests that make the WebRTC side themselves.
+struct RawClient {
+    id: String,
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl RawClient {
+    async fn join(server: &tests::Server, room: &str, name: &str) -> RawClient {
+        let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url())
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", server.ws_url()));
+        let join = json!({ "type": "join", "room": room, "name": name }).to_string();
+        ws.send(Message::text(join)).await.unwrap_or_else(|e| panic!("cannot send join: {e}"));
+        let mut client = RawClient { id: String::new(), ws };
+        let welcome = client.next_where("welcome", |m| m["type"] == "welcome").await;
+        client.id = welcome["id"].as_str().unwrap_or_default().to_string();
+        client
+    }
+
+    async fn signal(&mut self, to: &str, signal: Value) {
+        let message = json!({ "type": "signal", "to": to, "signal": signal }).to_string();
+        self.ws.send(Message::text(message)).await.unwrap_or_else(|e| panic!("cannot send a signal: {e}"));
+    }
+
+    /// The next signal of `kind` from `from`; other messages are skipped.
+    async fn wait_signal(&mut self, from: &str, kind: &str) -> Value {
+        let message = self
+            .next_where(&format!("a signal {kind} from {from}"), |m| {
+                m["type"] == "signal" && m["from"] == from && m["signal"]["type"] == kind
+            })
+            .await;
+        message["signal"].clone()
+    }
+
+    async fn next_where(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let give_up = tokio::time::Instant::now() + BROWSER_DEADLINE;
+        let mut skipped = Vec::new();
+        loop {
+            let next = tokio::time::timeout_at(give_up, self.ws.next()).await;
+            let frame = match next {
+                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Err(e))) => panic!("waiting for {what}: the connection failed: {e}"),
+                Ok(None) => panic!("waiting for {what}: the server closed the connection; seen {skipped:?}"),
+                Err(_) => panic!("waited {BROWSER_DEADLINE:?} for {what}; seen {skipped:?}"),
+            };
+            let Message::Text(text) = frame else { continue };
+            let message: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("the server sent bad JSON ({e}): {text}"));
+            if wanted(&message) {
+                return message;
+            }
+            skipped.push(message);
+        }
+    }
 }

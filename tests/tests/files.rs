@@ -1,5 +1,6 @@
 //! End-to-end: files over `file` data channels (PROTOCOL.md "Data channels", INTERFACES.md
-//! "Files") between real `peer` binaries and real Chromium pages, each test in its own
+//! "Files") between real `peer` binaries and real Chromium and Firefox pages (every page test
+//! runs in each browser: `NAME::chromium`, `NAME::firefox`), each test in its own
 //! loopback-only network namespace.
 //!
 //! What a user would notice: the file arrives with the same SHA-256, a broken transfer is
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 use fantoccini::Locator;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tests::browser::{Browser, start_server_with_page};
-use tests::{Peer, Server, isolated, isolated_with_timeout};
+use tests::browser::{Browser, BrowserKind, start_server_with_page};
+use tests::{Peer, Server, in_each_browser, in_each_browser_pair, isolated, isolated_with_timeout};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -424,185 +425,174 @@ async fn wait_row(browser: &Browser, name: &str, direction: &str, state: &str) -
     )
 }
 
+in_each_browser!(rust_to_browser_files_arrive_with_the_same_sha256);
 /// Rust → browser: the page shows the file as received, with the sender's SHA-256 and a
 /// download link under its name.
-#[test]
-fn rust_to_browser_files_arrive_with_the_same_sha256() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let scratch = Scratch::new("r2b");
-        let files = [("photo.jpg", 3 * MIB + 5), ("exact.bin", 16 * KIB), ("empty.txt", 0)];
-        let ana = Browser::start("ana").await;
-        let ana_id = ana.join(&server, "files", "ana").await;
-        let mut args =
-            vec!["--room".to_string(), "files".to_string(), "--name".to_string(), "rusty".to_string()];
-        let mut shas = Vec::new();
-        for (name, size) in files {
-            let path = scratch.join(name);
-            shas.push(write_random(&path, size));
-            args.extend(["--send-file".to_string(), path_str(&path).to_string()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut rusty = Peer::spawn(&server, &args).await;
-        rusty.joined().await;
+async fn rust_to_browser_files_arrive_with_the_same_sha256(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let scratch = Scratch::new("r2b");
+    let files = [("photo.jpg", 3 * MIB + 5), ("exact.bin", 16 * KIB), ("empty.txt", 0)];
+    let ana = Browser::start_kind(kind, "ana").await;
+    let ana_id = ana.join(&server, "files", "ana").await;
+    let mut args = vec!["--room".to_string(), "files".to_string(), "--name".to_string(), "rusty".to_string()];
+    let mut shas = Vec::new();
+    for (name, size) in files {
+        let path = scratch.join(name);
+        shas.push(write_random(&path, size));
+        args.extend(["--send-file".to_string(), path_str(&path).to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut rusty = Peer::spawn(&server, &args).await;
+    rusty.joined().await;
 
-        for ((name, _), sha) in files.iter().zip(&shas) {
-            let (shown, download, _) = wait_row(&ana, name, "in", "done").await;
-            assert_eq!(&shown, sha, "the page's data-file-sha256 of {name}");
-            assert_eq!(download, *name, "a download link named {name}");
-        }
-        let sent = rusty.wait_for_count("file_sent", files.len(), |e| is(e, "file_sent")).await;
-        for event in &sent {
-            assert_eq!(event["ok"], true, "the page verified it: {event}");
-            assert_eq!(event["to"], ana_id.as_str());
-        }
-        ana.close().await;
-    });
+    for ((name, _), sha) in files.iter().zip(&shas) {
+        let (shown, download, _) = wait_row(&ana, name, "in", "done").await;
+        assert_eq!(&shown, sha, "the page's data-file-sha256 of {name}");
+        assert_eq!(download, *name, "a download link named {name}");
+    }
+    let sent = rusty.wait_for_count("file_sent", files.len(), |e| is(e, "file_sent")).await;
+    for event in &sent {
+        assert_eq!(event["ok"], true, "the page verified it: {event}");
+        assert_eq!(event["to"], ana_id.as_str());
+    }
+    ana.close().await;
 }
 
+in_each_browser!(the_page_shows_a_hash_mismatch_as_failed);
 /// A Rust sender that lies about the hash: the page shows the transfer as failed and offers
 /// no download; the sender hears the refusal.
-#[test]
-fn the_page_shows_a_hash_mismatch_as_failed() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let scratch = Scratch::new("r2b-bad");
-        let path = scratch.join("liar.bin");
-        write_random(&path, 100 * KIB);
-        let ana = Browser::start("ana").await;
-        ana.join(&server, "files", "ana").await;
-        let mut rusty = Peer::spawn(
-            &server,
-            &[
-                "--room",
-                "files",
-                "--name",
-                "rusty",
-                "--send-file",
-                path_str(&path),
-                "--test-corrupt-file",
-                "hash",
-            ],
-        )
-        .await;
-        rusty.joined().await;
-        let (_, download, _) = wait_row(&ana, "liar.bin", "in", "failed").await;
-        assert_eq!(download, "", "no download link for a file that failed verification");
-        let sent = rusty.wait_event("file_sent").await;
-        assert_eq!(sent["ok"], false, "{sent}");
-        ana.close().await;
-    });
+async fn the_page_shows_a_hash_mismatch_as_failed(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let scratch = Scratch::new("r2b-bad");
+    let path = scratch.join("liar.bin");
+    write_random(&path, 100 * KIB);
+    let ana = Browser::start_kind(kind, "ana").await;
+    ana.join(&server, "files", "ana").await;
+    let mut rusty = Peer::spawn(
+        &server,
+        &[
+            "--room",
+            "files",
+            "--name",
+            "rusty",
+            "--send-file",
+            path_str(&path),
+            "--test-corrupt-file",
+            "hash",
+        ],
+    )
+    .await;
+    rusty.joined().await;
+    let (_, download, _) = wait_row(&ana, "liar.bin", "in", "failed").await;
+    assert_eq!(download, "", "no download link for a file that failed verification");
+    let sent = rusty.wait_event("file_sent").await;
+    assert_eq!(sent["ok"], false, "{sent}");
+    ana.close().await;
 }
 
+in_each_browser!(browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256, Duration::from_secs(600));
 /// Browser → Rust, 50 MB through `#file`: the Rust peer stores it with the same SHA-256.
 /// Throughput is printed for docs/benchmarks.md.
-#[test]
-fn browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256() {
-    isolated_with_timeout(Duration::from_secs(600), || async {
-        let server = start_server_with_page(&[]).await;
-        let scratch = Scratch::new("b2r");
-        let source = scratch.join("upload.bin");
-        let sha = write_random(&source, BIG);
-        let small = scratch.join("tiny.txt");
-        let small_sha = write_random(&small, 1);
-        let inbox = scratch.join("inbox");
-        let mut rusty = Peer::spawn(
-            &server,
-            &["--room", "files", "--name", "rusty", "--receive-dir", path_str(&inbox), "--expect-files", "2"],
-        )
-        .await;
-        let rusty_id = rusty.joined().await;
-        let ana = Browser::start("ana").await;
-        let ana_id = ana.join(&server, "files", "ana").await;
-        ana.wait_connected(&rusty_id).await;
+async fn browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let scratch = Scratch::new("b2r");
+    let source = scratch.join("upload.bin");
+    let sha = write_random(&source, BIG);
+    let small = scratch.join("tiny.txt");
+    let small_sha = write_random(&small, 1);
+    let inbox = scratch.join("inbox");
+    let mut rusty = Peer::spawn(
+        &server,
+        &["--room", "files", "--name", "rusty", "--receive-dir", path_str(&inbox), "--expect-files", "2"],
+    )
+    .await;
+    let rusty_id = rusty.joined().await;
+    let ana = Browser::start_kind(kind, "ana").await;
+    let ana_id = ana.join(&server, "files", "ana").await;
+    ana.wait_connected(&rusty_id).await;
 
-        let started = Instant::now();
-        choose_files(&ana, &[&source, &small]).await;
-        let received =
-            rusty.wait_for_count_within(BIG_DEADLINE, "file_received", 2, |e| is(e, "file_received")).await;
-        let elapsed = started.elapsed();
-        for (name, sha) in [("upload.bin", &sha), ("tiny.txt", &small_sha)] {
-            let event =
-                received.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name}: {received:?}"));
-            assert_eq!(event["from"], ana_id.as_str());
-            assert_eq!(event["sha256"], sha.as_str(), "{event}");
-            assert_eq!(&sha256_of(&inbox.join(name)), sha);
-        }
-        let (shown, _, row) = wait_row(&ana, "upload.bin", "out", "done").await;
-        assert_eq!(shown, sha, "the page computed the same SHA-256");
-        let transfer_ms = row["ms"].as_f64().unwrap_or(0.0);
-        eprintln!(
-            "measured: 50 MiB browser -> Rust ({} peer): {:.1} MB/s on the wire (transfer {transfer_ms:.0} ms, page's \
-             data-file-elapsed-ms); {:.1} MB/s end to end including hashing in the page ({elapsed:.2?})",
-            binaries(),
-            BIG as f64 / 1e3 / transfer_ms.max(1.0),
-            mb_per_s(BIG, elapsed)
-        );
-        assert_eq!(rusty.wait_exit().await, Some(0));
-        ana.close().await;
-    });
+    let started = Instant::now();
+    choose_files(&ana, &[&source, &small]).await;
+    let received =
+        rusty.wait_for_count_within(BIG_DEADLINE, "file_received", 2, |e| is(e, "file_received")).await;
+    let elapsed = started.elapsed();
+    for (name, sha) in [("upload.bin", &sha), ("tiny.txt", &small_sha)] {
+        let event =
+            received.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name}: {received:?}"));
+        assert_eq!(event["from"], ana_id.as_str());
+        assert_eq!(event["sha256"], sha.as_str(), "{event}");
+        assert_eq!(&sha256_of(&inbox.join(name)), sha);
+    }
+    let (shown, _, row) = wait_row(&ana, "upload.bin", "out", "done").await;
+    assert_eq!(shown, sha, "the page computed the same SHA-256");
+    let transfer_ms = row["ms"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "measured: 50 MiB {kind} -> Rust ({} peer): {:.1} MB/s on the wire (transfer {transfer_ms:.0} ms, page's \
+         data-file-elapsed-ms); {:.1} MB/s end to end including hashing in the page ({elapsed:.2?})",
+        binaries(),
+        BIG as f64 / 1e3 / transfer_ms.max(1.0),
+        mb_per_s(BIG, elapsed)
+    );
+    assert_eq!(rusty.wait_exit().await, Some(0));
+    ana.close().await;
 }
 
+in_each_browser!(files_dropped_on_the_page_reach_a_rust_peer);
 /// Files dropped onto the window are sent like chosen ones (a drop event with a DataTransfer,
 /// as the browser fires it when a person drops files from their file manager).
-#[test]
-fn files_dropped_on_the_page_reach_a_rust_peer() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let scratch = Scratch::new("drop");
-        let inbox = scratch.join("inbox");
-        let mut rusty = Peer::spawn(
-            &server,
-            &["--room", "files", "--name", "rusty", "--receive-dir", path_str(&inbox), "--expect-files", "1"],
-        )
-        .await;
-        let rusty_id = rusty.joined().await;
-        let ana = Browser::start("ana").await;
-        ana.join(&server, "files", "ana").await;
-        ana.wait_connected(&rusty_id).await;
+async fn files_dropped_on_the_page_reach_a_rust_peer(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let scratch = Scratch::new("drop");
+    let inbox = scratch.join("inbox");
+    let mut rusty = Peer::spawn(
+        &server,
+        &["--room", "files", "--name", "rusty", "--receive-dir", path_str(&inbox), "--expect-files", "1"],
+    )
+    .await;
+    let rusty_id = rusty.joined().await;
+    let ana = Browser::start_kind(kind, "ana").await;
+    ana.join(&server, "files", "ana").await;
+    ana.wait_connected(&rusty_id).await;
 
-        ana.eval(
-            r#"const dt = new DataTransfer();
-               dt.items.add(new File(["dropped on the window\n"], "dropped.txt", { type: "text/plain" }));
-               for (const type of ["dragenter", "dragover", "drop"]) {
-                 window.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
-               }
-               return true;"#,
-        )
-        .await;
-        let received = rusty.wait_event("file_received").await;
-        let expected = hex::encode(Sha256::digest(b"dropped on the window\n"));
-        assert_eq!(received["name"], "dropped.txt", "{received}");
-        assert_eq!(received["sha256"], expected.as_str(), "{received}");
-        assert_eq!(std::fs::read(inbox.join("dropped.txt")).ok(), Some(b"dropped on the window\n".to_vec()));
-        wait_row(&ana, "dropped.txt", "out", "done").await;
-        assert_eq!(rusty.wait_exit().await, Some(0));
-        ana.close().await;
-    });
+    ana.eval(
+        r#"const dt = new DataTransfer();
+           dt.items.add(new File(["dropped on the window\n"], "dropped.txt", { type: "text/plain" }));
+           for (const type of ["dragenter", "dragover", "drop"]) {
+             window.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+           }
+           return true;"#,
+    )
+    .await;
+    let received = rusty.wait_event("file_received").await;
+    let expected = hex::encode(Sha256::digest(b"dropped on the window\n"));
+    assert_eq!(received["name"], "dropped.txt", "{received}");
+    assert_eq!(received["sha256"], expected.as_str(), "{received}");
+    assert_eq!(std::fs::read(inbox.join("dropped.txt")).ok(), Some(b"dropped on the window\n".to_vec()));
+    wait_row(&ana, "dropped.txt", "out", "done").await;
+    assert_eq!(rusty.wait_exit().await, Some(0));
+    ana.close().await;
 }
 
+in_each_browser_pair!(browser_to_browser_a_file_arrives_with_the_same_sha256);
 /// Browser → browser through `#file`: the receiving page shows the same SHA-256 and a link.
-#[test]
-fn browser_to_browser_a_file_arrives_with_the_same_sha256() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let scratch = Scratch::new("b2b");
-        let source = scratch.join("notes.pdf");
-        let sha = write_random(&source, 2 * MIB + 3);
-        let ana = Browser::start("ana").await;
-        let ana_id = ana.join(&server, "files", "ana").await;
-        let bob = Browser::start("bob").await;
-        let bob_id = bob.join(&server, "files", "bob").await;
-        ana.wait_connected(&bob_id).await;
-        bob.wait_connected(&ana_id).await;
+async fn browser_to_browser_a_file_arrives_with_the_same_sha256(sender: BrowserKind, receiver: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let scratch = Scratch::new("b2b");
+    let source = scratch.join("notes.pdf");
+    let sha = write_random(&source, 2 * MIB + 3);
+    let ana = Browser::start_kind(sender, "ana").await;
+    let ana_id = ana.join(&server, "files", "ana").await;
+    let bob = Browser::start_kind(receiver, "bob").await;
+    let bob_id = bob.join(&server, "files", "bob").await;
+    ana.wait_connected(&bob_id).await;
+    bob.wait_connected(&ana_id).await;
 
-        choose_files(&ana, &[&source]).await;
-        let (shown, download, _) = wait_row(&bob, "notes.pdf", "in", "done").await;
-        assert_eq!(shown, sha, "bob's page shows the sender's SHA-256");
-        assert_eq!(download, "notes.pdf");
-        let (sent_sha, _, _) = wait_row(&ana, "notes.pdf", "out", "done").await;
-        assert_eq!(sent_sha, sha);
-        ana.close().await;
-        bob.close().await;
-    });
+    choose_files(&ana, &[&source]).await;
+    let (shown, download, _) = wait_row(&bob, "notes.pdf", "in", "done").await;
+    assert_eq!(shown, sha, "bob's page shows the sender's SHA-256");
+    assert_eq!(download, "notes.pdf");
+    let (sent_sha, _, _) = wait_row(&ana, "notes.pdf", "out", "done").await;
+    assert_eq!(sent_sha, sha);
+    ana.close().await;
+    bob.close().await;
 }
