@@ -19,6 +19,12 @@ use tokio_tungstenite::{WebSocketStream, client_async};
 
 const WAIT: Duration = support::WAIT;
 
+/// The binary under attack: this build's, or `SWITCHBOARD_EDGE_SERVER` (to run the attacks against
+/// another build, e.g. an older one, and watch them work).
+fn server_binary() -> std::ffi::OsString {
+    std::env::var_os("SWITCHBOARD_EDGE_SERVER").unwrap_or_else(|| env!("CARGO_BIN_EXE_server").into())
+}
+
 /// The server binary, optionally under `prlimit`, with its stderr kept for the test to read.
 struct Server {
     child: Child,
@@ -42,10 +48,10 @@ impl Server {
             Some((soft, hard)) => {
                 // prlimit (util-linux, always present on Debian) sets the limit, then execs.
                 let mut command = Command::new("prlimit");
-                command.arg(format!("--nofile={soft}:{hard}")).arg(env!("CARGO_BIN_EXE_server"));
+                command.arg(format!("--nofile={soft}:{hard}")).arg(server_binary());
                 command
             }
-            None => Command::new(env!("CARGO_BIN_EXE_server")),
+            None => Command::new(server_binary()),
         };
         let mut child = command
             .args(["--addr", "127.0.0.1:0"])
@@ -548,7 +554,7 @@ fn sigterm_ends_a_tls_server_during_a_handshake_that_never_ends() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+    let mut child = Command::new(server_binary())
         .args(["--addr", "127.0.0.1:0", "--tls-cert"])
         .arg(&cert)
         .arg("--tls-key")
@@ -624,7 +630,7 @@ fn unreadable_or_unparsable_tls_files_exit_2_with_nothing_on_stdout() {
     for (cert, key) in
         [(&missing, &key), (&cert, &missing), (&garbage, &key), (&cert, &garbage), (&key, &cert)]
     {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        let mut child = Command::new(server_binary())
             .args(["--addr", "127.0.0.1:0", "--tls-cert"])
             .arg(cert)
             .arg("--tls-key")
