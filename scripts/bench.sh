@@ -68,8 +68,9 @@ PY
   fi
 fi
 
-# Browser <-> Rust connect time (join -> chat open, 20 runs each way) in headless Chromium:
-# tests/tests/browser_bench.rs, an #[ignore]d test run here with the release binaries.
+# Browser <-> Rust connect time (join -> chat open, 20 runs each way) in headless Chromium and
+# Firefox ESR: tests/tests/browser_bench.rs, #[ignore]d tests run here with the release binaries
+# (Firefox and geckodriver as scripts/test.sh installs them).
 if [ -z "${NO_BROWSER:-}" ]; then
   if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ]; then
@@ -87,14 +88,15 @@ if [ -z "${NO_BROWSER:-}" ]; then
 import json, os, re, sys
 text = open(sys.argv[1]).read()
 out = json.load(open(sys.argv[2])) if os.path.exists(sys.argv[2]) else {}
-for name, key in (("browser_connect_ms", "browser_connect"), ("rust_joins_browser_ms", "rust_joins_browser")):
+for name, key in (("browser_connect_ms", "browser_connect"), ("rust_joins_browser_ms", "rust_joins_browser"),
+                  ("firefox_connect_ms", "firefox_connect"), ("rust_joins_firefox_ms", "rust_joins_firefox")):
     m = re.search(name + r": (\{.*\})", text)
     if m:
         figures = json.loads(m.group(1))
         out[key + "_p50_ms"], out[key + "_p99_ms"] = figures["p50"], figures["p99"]
 json.dump(out, open(sys.argv[2], "w"))
 PY
-    grep -E "^(browser_connect_ms|rust_joins_browser_ms):" "$out/browser.txt" >&2 || true
+    grep -E "^(browser_connect_ms|rust_joins_browser_ms|firefox_connect_ms|rust_joins_firefox_ms):" "$out/browser.txt" >&2 || true
   else
     log "the browser bench failed (see $out/browser.txt and $out/browser.err); its keys stay null"
   fi

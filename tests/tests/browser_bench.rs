@@ -1,4 +1,5 @@
-//! Benchmark (issue 7): browser ↔ Rust connect time, join → `chat` open, in headless Chromium.
+//! Benchmark (issue 7): browser ↔ Rust connect time, join → `chat` open, in headless Chromium
+//! (`browser_rust_connect_times`) and headless Firefox ESR (`firefox_rust_connect_times`).
 //! Not part of `cargo test`; `scripts/bench.sh` runs it with release binaries:
 //!
 //! ```text
@@ -22,7 +23,7 @@
 //!   peer; from the Rust peer's `welcome` event to its `channel_open`, timestamped as they are
 //!   read from its `--json` stdout (as in `peer/examples/bench.rs`).
 //!
-//! One Chromium serves every run (the page is reloaded for each); one warm-up run per direction
+//! One browser serves every run (the page is reloaded for each); one warm-up run per direction
 //! comes first and is reported but not counted. Each direction prints one line to stdout:
 //! `NAME: {"runs":20,"p50":..,"p99":..,"min":..,"max":..,"warmup":..,"times":[..]}` (ms).
 
@@ -30,7 +31,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::browser::{Browser, start_server_with_page};
+use tests::browser::{Browser, BrowserKind, start_server_with_page};
 use tests::{Peer, Server, bin_path, isolated_with_timeout};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -41,26 +42,41 @@ const EVENT_DEADLINE: Duration = Duration::from_secs(30);
 #[test]
 #[ignore = "benchmark: run by scripts/bench.sh"]
 fn browser_rust_connect_times() {
-    isolated_with_timeout(Duration::from_secs(600), || async {
-        // libtest has printed `test NAME ... ` without a newline: start the result lines afresh.
-        println!();
-        let server = start_server_with_page(&[]).await;
-        let page = Browser::start("page").await;
-
-        let mut times = Vec::new();
-        for run in 0..=RUNS {
-            times.push(page_joins_rust_peer(&server, &page, &format!("bp{run}")).await);
-        }
-        report("browser_connect_ms", &times);
-
-        let mut times = Vec::new();
-        for run in 0..=RUNS {
-            times.push(rust_peer_joins_page(&server, &page, &format!("rp{run}")).await);
-        }
-        report("rust_joins_browser_ms", &times);
-
-        page.close().await;
+    isolated_with_timeout(Duration::from_secs(600), || {
+        connect_times(BrowserKind::Chromium, "browser_connect_ms", "rust_joins_browser_ms")
     });
+}
+
+/// The same in Firefox ESR.
+#[test]
+#[ignore = "benchmark: run by scripts/bench.sh"]
+fn firefox_rust_connect_times() {
+    isolated_with_timeout(Duration::from_secs(600), || {
+        connect_times(BrowserKind::Firefox, "firefox_connect_ms", "rust_joins_firefox_ms")
+    });
+}
+
+/// Both directions with one browser of `kind`, reported as `page_joins` and `rust_joins`.
+async fn connect_times(kind: BrowserKind, page_joins: &str, rust_joins: &str) {
+    // libtest has printed `test NAME ... ` without a newline: start the result lines afresh.
+    println!();
+    let server = start_server_with_page(&[]).await;
+    let page = Browser::start_kind(kind, "page").await;
+    println!("{page_joins} browser: {}", page.version());
+
+    let mut times = Vec::new();
+    for run in 0..=RUNS {
+        times.push(page_joins_rust_peer(&server, &page, &format!("bp{run}")).await);
+    }
+    report(page_joins, &times);
+
+    let mut times = Vec::new();
+    for run in 0..=RUNS {
+        times.push(rust_peer_joins_page(&server, &page, &format!("rp{run}")).await);
+    }
+    report(rust_joins, &times);
+
+    page.close().await;
 }
 
 /// Installed on the join form before joining: records, in page time, when `data-self-id`
