@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of Switchboard on a fresh Debian machine (as root): installs what the tests
 # need (Chromium and ChromeDriver, Firefox ESR and geckodriver for the browser tests, iproute2
-# for the per-test network namespaces, openssl for the TLS test's certificate), builds once,
-# checks formatting and lints, then runs the whole test suite.
+# for the per-test network namespaces, openssl for the TLS test's certificate, coturn for the
+# TURN tests, its service left off), builds once, checks formatting and lints, then runs the
+# whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v unshare >/dev/null 2>&1 || need_packages+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v firefox-esr >/dev/null 2>&1 || need_packages+=(firefox-esr)
+command -v turnserver >/dev/null 2>&1 || need_packages+=(coturn)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need_packages[*]}; run as root (or install them) to run the e2e tests" >&2
@@ -20,7 +22,18 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   fi
   echo "==> installing ${need_packages[*]}"
   apt-get update -qq
+  # coturn's package would start its system service; the TURN tests run their own turnserver
+  # (tests/src/coturn.rs), so forbid service starts while installing (policy-rc.d) ...
+  own_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_packages[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+# ... and keep it off for good.
+if command -v systemctl >/dev/null 2>&1 && [ -e /lib/systemd/system/coturn.service ]; then
+  systemctl disable --now coturn >/dev/null 2>&1 || true
 fi
 
 # geckodriver (Firefox's WebDriver) is not packaged by Debian: built from crates.io into cargo's

@@ -9,6 +9,8 @@ import { FileTransfers, enableDrop } from "./files.js";
 
 const $ = (selector) => document.querySelector(selector);
 const STATS_INTERVAL_MS = 1000;
+// `relay=1`: connect only through TURN (INTERFACES.md, Page).
+const RELAY_ONLY = new URLSearchParams(location.search).get("relay") === "1";
 
 const ui = {
   app: $("#app"),
@@ -151,6 +153,7 @@ class Session {
       name,
       polite,
       iceServers: this.iceServers,
+      relayOnly: RELAY_ONLY,
       send: (signal) => this.signaling.signal(id, signal),
     });
     const el = ui.peerTemplate.content.firstElementChild.cloneNode(true);
@@ -161,12 +164,24 @@ class Session {
     link.addEventListener("state", () => this.renderPeer(id));
     link.addEventListener("line", (e) => addLine(id, link.name, e.detail.text, false));
     link.addEventListener("file-channel", (e) => this.files.accept(link, e.detail.channel));
+    link.addEventListener("turn-error", (e) => this.onTurnError(e.detail));
     link.addEventListener("unsupported-channel", (e) =>
       notice(`${displayName(link.name, id)} opened a "${e.detail.label}" channel, which this page does not support yet.`),
     );
     this.renderPeer(id);
     updatePeerCount();
     return entry;
+  }
+
+  onTurnError({ url, errorCode, errorText }) {
+    const key = `turn ${url} ${errorCode}`;
+    if (this.shownErrors.has(key)) return;
+    this.shownErrors.add(key);
+    const why =
+      errorCode === 401
+        ? "it refused the credential (expired, or the server and the TURN server do not share the secret)"
+        : `${errorCode} ${errorText || "no answer"}`;
+    notice(`The TURN relay ${url} cannot be used: ${why}.`, "error");
   }
 
   renderPeer(id) {
@@ -484,6 +499,7 @@ ui.joinForm.addEventListener("submit", (event) => {
   const next = new URLSearchParams({ room });
   if (name) next.set("name", name);
   if (token) next.set("token", token);
+  if (RELAY_ONLY) next.set("relay", "1");
   history.replaceState(null, "", `?${next}`);
   enterRoom({ room, name: name || undefined, token });
 });

@@ -8,7 +8,8 @@ export const MAX_LINE_BYTES = 16384;
 
 export class PeerLink extends EventTarget {
   // send(signal) relays a SIGNAL to this peer through the server.
-  constructor({ id, name, polite, iceServers, send }) {
+  // relayOnly: ICE transport policy "relay" (the page's `relay=1`), TURN only.
+  constructor({ id, name, polite, iceServers, relayOnly = false, send }) {
     super();
     this.id = id;
     this.name = name;
@@ -23,8 +24,13 @@ export class PeerLink extends EventTarget {
     // while the description it belongs to is still being applied.
     this.queue = Promise.resolve();
 
-    const pc = new RTCPeerConnection({ iceServers });
+    const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: relayOnly ? "relay" : "all" });
     this.pc = pc;
+    // A TURN server that refuses the credential (401: expired, or minted with another secret)
+    // or does not answer; without a relay, relay=1 cannot connect, so the user is told why.
+    pc.onicecandidateerror = ({ url, errorCode, errorText }) => {
+      if (url?.startsWith("turn")) this.emit("turn-error", { url, errorCode, errorText });
+    };
     pc.onnegotiationneeded = () => this.negotiate();
     pc.onicecandidate = ({ candidate }) => {
       // A null candidate is the end of gathering; the wire says so with `"candidate": null`.

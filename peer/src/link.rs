@@ -11,20 +11,23 @@
 //! arrives while we have a local offer pending is a collision; the polite side rolls back and
 //! accepts it, the impolite side ignores it.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use protocol::{IceCandidate, MAX_CHAT_LINE_BYTES, Signal};
 use thiserror::Error;
+use tokio::sync::Notify;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceGatheringState,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
 use crate::channels::{ChannelOpener, LocalChannels};
@@ -40,6 +43,9 @@ const INPUT_QUEUE: usize = 64;
 const CHAT_QUEUE: usize = 256;
 /// Remote candidates kept while no remote description is set yet.
 const MAX_EARLY_CANDIDATES: usize = 64;
+/// How often the selected candidate pair is looked at besides ICE state changes (webrtc-rs
+/// 0.21 has no event for a new pair).
+const PAIR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum LinkError {
@@ -64,6 +70,12 @@ pub enum LinkEvent {
     ChannelClosed,
     /// The connection failed (ICE or DTLS); the owner should close the link.
     Failed(String),
+    /// ICE selected a candidate pair of these types (`host`, `srflx`, `prflx`, `relay`): once
+    /// per connection, and again when the pair's types change.
+    IceSelected { local: String, remote: String },
+    /// Gathering ended without a relay candidate although TURN servers were given: why, for
+    /// the user. With `relay_only`, a [`LinkEvent::Failed`] follows.
+    TurnFailed(String),
 }
 
 /// Where links send their events: `(remote id, event)`. Bounded; the owner must keep reading.
@@ -80,6 +92,8 @@ pub struct LinkOptions {
     pub inbox: Option<Inbox>,
     /// The ICE timer tick (see [`transport::DEFAULT_ICE_TICK`]).
     pub ice_tick: Duration,
+    /// ICE transport policy `relay`: connect only through TURN (`--relay-only`).
+    pub relay_only: bool,
 }
 
 impl Default for LinkOptions {
@@ -89,6 +103,7 @@ impl Default for LinkOptions {
             ice_servers: Vec::new(),
             inbox: None,
             ice_tick: transport::DEFAULT_ICE_TICK,
+            relay_only: false,
         }
     }
 }
@@ -114,6 +129,20 @@ struct Shared {
     /// Channels opened here on the live connection (issue 8's `file` channels).
     local_channels: Arc<LocalChannels>,
     tasks: TaskTracker,
+    /// What explains a missing relay candidate ([`LinkEvent::TurnFailed`]).
+    relay: RelayWatch,
+    /// Woken on ICE state changes: the selected pair may have changed.
+    ice_changed: Notify,
+    /// Cancelled when the link closes: ends the pair watcher.
+    closed: CancellationToken,
+}
+
+/// Relay candidates gathered, and what to tell the user when there are none.
+struct RelayWatch {
+    ice_servers: Vec<protocol::IceServer>,
+    relay_only: bool,
+    gathered: AtomicUsize,
+    reported: AtomicBool,
 }
 
 struct ChatWriter {
@@ -164,11 +193,22 @@ impl Link {
             inbox: options.inbox.clone(),
             local_channels: Arc::default(),
             tasks: TaskTracker::new(),
+            relay: RelayWatch {
+                ice_servers: options.ice_servers.clone(),
+                relay_only: options.relay_only,
+                gathered: AtomicUsize::new(0),
+                reported: AtomicBool::new(false),
+            },
+            ice_changed: Notify::new(),
+            closed: CancellationToken::new(),
         });
         let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
         let handler = Arc::new(Handler { shared: shared.clone(), input: input_tx.downgrade() });
+        let policy =
+            if options.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All };
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(transport::ice_servers(&options.ice_servers))
+            .with_ice_transport_policy(policy)
             .build();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(config)
@@ -182,6 +222,7 @@ impl Link {
             .map_err(LinkError::Build)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         shared.tasks.spawn(negotiate(shared.clone(), pc.clone(), input_rx));
+        shared.tasks.spawn(watch_selected_pair(shared.clone(), pc.clone()));
         Ok(Link { shared, pc, input: input_tx })
     }
 
@@ -252,6 +293,7 @@ impl Link {
             tracing::debug!(peer = %self.shared.remote, "closing the peer connection: {e}");
         }
         self.shared.local_channels.release();
+        self.shared.closed.cancel();
         drop(self.input);
         self.shared.tasks.close();
         // The channel task ends when the connection closes; don't wait on a stuck driver forever.
@@ -289,6 +331,9 @@ impl PeerConnectionEventHandler for Handler {
         if address == "0.0.0.0" || address == "::" {
             return;
         }
+        if event.candidate.typ == RTCIceCandidateType::Relay {
+            self.shared.relay.gathered.fetch_add(1, Ordering::Relaxed);
+        }
         let init = match event.candidate.to_json() {
             Ok(init) => init,
             Err(e) => {
@@ -308,8 +353,13 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
+            self.report_missing_relay().await;
             self.shared.emit(LinkEvent::Signal(Signal::Candidate { candidate: None })).await;
         }
+    }
+
+    async fn on_ice_connection_state_change(&self, _state: RTCIceConnectionState) {
+        self.shared.ice_changed.notify_one();
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -323,6 +373,46 @@ impl PeerConnectionEventHandler for Handler {
         // In a task: telling a phantom (see `channels`) from a remote's channel may wait for a
         // `create_data_channel` in progress, which must not hold up the driver.
         self.shared.tasks.spawn(serve_remote_channel(self.shared.clone(), channel));
+    }
+}
+
+impl Handler {
+    /// Once per link: gathering ended with TURN servers given but no relay candidate.
+    async fn report_missing_relay(&self) {
+        let relay = &self.shared.relay;
+        if relay.gathered.load(Ordering::Relaxed) > 0 || relay.reported.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Some(why) = transport::turn_failure(&relay.ice_servers, SystemTime::now()) else { return };
+        tracing::warn!(peer = %self.shared.remote, "{why}");
+        self.shared.emit(LinkEvent::TurnFailed(why.clone())).await;
+        if relay.relay_only {
+            // Nothing else may be used: the connection cannot come up.
+            self.shared.emit(LinkEvent::Failed(format!("relay only, and {why}"))).await;
+        }
+    }
+}
+
+/// Reports the selected candidate pair's types when ICE selects one and whenever they change.
+/// Looks on every ICE state change and every [`PAIR_CHECK_INTERVAL`] until the link closes.
+async fn watch_selected_pair(shared: Arc<Shared>, pc: Arc<dyn PeerConnection>) {
+    let mut reported: Option<(String, String)> = None;
+    loop {
+        tokio::select! {
+            _ = shared.closed.cancelled() => return,
+            _ = shared.ice_changed.notified() => {}
+            _ = tokio::time::sleep(PAIR_CHECK_INTERVAL) => {}
+        }
+        let Some(sctp) = pc.sctp().await else { continue };
+        let Ok(Some(pair)) = sctp.transport().ice_transport().get_selected_candidate_pair().await else {
+            continue;
+        };
+        let types = (pair.local().typ.to_string(), pair.remote().typ.to_string());
+        if reported.as_ref() != Some(&types) {
+            let (local, remote) = types.clone();
+            shared.emit(LinkEvent::IceSelected { local, remote }).await;
+            reported = Some(types);
+        }
     }
 }
 

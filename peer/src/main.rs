@@ -64,6 +64,10 @@ struct Args {
     /// Local UDP address for peer connections (repeatable; default: loopback and every interface).
     #[arg(long = "bind", value_name = "ADDR")]
     bind: Vec<String>,
+    /// Connect only through TURN (ICE transport policy relay); the server must hand out a TURN
+    /// server (its --turn-url and --turn-secret).
+    #[arg(long)]
+    relay_only: bool,
     /// Send the file at PATH to every peer once its connection is up (repeatable).
     #[arg(long = "send-file", value_name = "PATH")]
     send_file: Vec<PathBuf>,
@@ -176,11 +180,8 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>) -> i32 {
         echo: args.echo,
         expect: args.expect,
         ice_tick: args.ice_tick,
-        bind: if args.bind.is_empty() {
-            transport::DEFAULT_BIND.iter().map(|s| s.to_string()).collect()
-        } else {
-            args.bind
-        },
+        bind: if args.bind.is_empty() { transport::default_bind(args.relay_only) } else { args.bind },
+        relay_only: args.relay_only,
         files: FileOptions {
             send: outgoing,
             // Absolute, so that the events' `path` says where a file went whatever the reader's

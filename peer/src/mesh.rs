@@ -38,6 +38,8 @@ pub struct ChatOptions {
     pub bind: Vec<String>,
     /// `--ice-tick`.
     pub ice_tick: std::time::Duration,
+    /// `--relay-only`: ICE transport policy `relay`.
+    pub relay_only: bool,
     /// `--send-file`, `--receive-dir`, `--expect-files`.
     pub files: FileOptions,
 }
@@ -253,6 +255,7 @@ impl Mesh<'_> {
             bind: self.options.bind.clone(),
             ice_tick: self.options.ice_tick,
             ice_servers: self.ice_servers.clone(),
+            relay_only: self.options.relay_only,
             inbox: Some(Inbox { dir: self.options.files.receive_dir.clone(), events: self.file_tx.clone() }),
         };
         match Link::new(id.to_string(), polite, &options, self.link_tx.clone()).await {
@@ -364,6 +367,10 @@ impl Mesh<'_> {
                     }
                 }
             }
+            LinkEvent::IceSelected { local, remote: remote_type } => {
+                (self.emit)(Event::IceSelected { peer: remote.clone(), local, remote: remote_type });
+            }
+            LinkEvent::TurnFailed(why) => (self.emit)(Event::Error { message: format!("{remote}: {why}") }),
             LinkEvent::Failed(reason) => {
                 tracing::warn!(peer = %remote, "{reason}; closing the connection");
                 self.close_link(&remote, None).await;

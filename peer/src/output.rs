@@ -44,6 +44,12 @@ pub enum Event {
     },
     /// A file transfer started, progressed or ended (see [`crate::files`]).
     File(FileEvent),
+    /// The candidate pair types ICE selected toward `peer` (`host`, `srflx`, `prflx`, `relay`).
+    IceSelected {
+        peer: String,
+        local: String,
+        remote: String,
+    },
 }
 
 /// Renders events to stdout.
@@ -101,6 +107,9 @@ impl Output {
             Event::PeerLeft { id } => json!({"event": "peer_left", "id": id}),
             Event::Reconnecting { reason } => json!({"event": "reconnecting", "reason": reason}),
             Event::Error { message } => json!({"event": "error", "message": message}),
+            Event::IceSelected { peer, local, remote } => {
+                json!({"event": "ice_selected", "peer": peer, "local": local, "remote": remote})
+            }
             Event::File(file) => files::json_event(file).unwrap_or(serde_json::Value::Null),
         };
         value.to_string()
@@ -144,6 +153,9 @@ impl Output {
             }
             Event::Reconnecting { reason } => format!("* signaling lost ({reason}); reconnecting..."),
             Event::Error { message } => format!("! {message}"),
+            Event::IceSelected { peer, local, remote } => {
+                format!("* path to {}: {local} -> {remote}", self.who(peer))
+            }
             Event::File(file) => {
                 let who = file.peer().map(|id| self.who(id)).unwrap_or_default();
                 files::human_line(file, &who, None).unwrap_or_default()

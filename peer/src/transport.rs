@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rtc::ice::mdns::MulticastDnsMode;
 use webrtc::peer_connection::{RTCIceServer, SettingEngine, SettingEngineBuilder};
@@ -32,6 +32,15 @@ pub const SEND_BUFFER_LIMIT: usize = 1024 * 1024;
 /// ignored in 0.21): peers on one machine, or in a namespace with only `lo`, connect over it.
 /// The wildcards add one socket per real interface, for peers on other machines.
 pub const DEFAULT_BIND: [&str; 4] = ["127.0.0.1:0", "[::1]:0", "0.0.0.0:0", "[::]:0"];
+
+/// The local UDP addresses to bind when `--bind` is not given. With `--relay-only` only the
+/// wildcards: relay candidates are all ICE may use then, and webrtc-rs starts a TURN client on
+/// every bound socket, so a loopback socket would only add a client that cannot reach a TURN
+/// server elsewhere and whose allocation times out (holding back the end of candidates).
+pub fn default_bind(relay_only: bool) -> Vec<String> {
+    let wanted = |addr: &&&str| !relay_only || addr.starts_with("0.0.0.0") || addr.starts_with("[::]");
+    DEFAULT_BIND.iter().filter(wanted).map(|s| s.to_string()).collect()
+}
 
 /// SCTP packet budget (common header + DATA chunks), in bytes: 1,024 bytes of message per DATA
 /// chunk (1,052 - 12 - 16) instead of webrtc-rs's default 1,191 (1,160 per chunk).
@@ -104,6 +113,32 @@ pub fn ice_servers(servers: &[protocol::IceServer]) -> Vec<RTCIceServer> {
             credential: s.credential.clone().unwrap_or_default(),
         })
         .collect()
+}
+
+/// Why a connection gathered no relay candidate although `servers` list TURN servers, for the
+/// user; `None` when there is no TURN server (then no relay candidate is expected).
+///
+/// webrtc-rs 0.21 only logs a failed allocation (it emits no `icecandidateerror`), and coturn
+/// answers an expired credential and a wrong secret alike (401). The credential's expiry is in
+/// its username (TURN REST: `<unix expiry>:<id>`), so an expired one can be told apart here.
+pub fn turn_failure(servers: &[protocol::IceServer], now: SystemTime) -> Option<String> {
+    let is_turn = |url: &String| url.starts_with("turn:") || url.starts_with("turns:");
+    let turn = servers.iter().find(|s| s.urls.iter().any(is_turn))?;
+    let urls = turn.urls.iter().filter(|u| is_turn(u)).cloned().collect::<Vec<_>>().join(", ");
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let expiry =
+        turn.username.as_deref().and_then(|u| u.split_once(':')).and_then(|(e, _)| e.parse::<u64>().ok());
+    Some(match expiry {
+        Some(expiry) if expiry <= now => format!(
+            "no TURN relay from {urls}: the TURN credential expired {}s ago (the server's --turn-ttl is too short, \
+             or a clock is off)",
+            now - expiry
+        ),
+        _ => format!(
+            "no TURN relay from {urls}: the TURN server refused the credential or did not answer (is the \
+             server's --turn-secret coturn's static-auth-secret? is the TURN server reachable over UDP?)"
+        ),
+    })
 }
 
 /// The tokio runtime, except that every UDP socket gets [`UDP_BUFFER_BYTES`] of send and
@@ -248,5 +283,39 @@ impl AsyncUdpSocket for OneReceivePerTurn {
 
     fn max_gro_segments(&self) -> usize {
         self.inner.max_gro_segments()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(username: &str) -> protocol::IceServer {
+        protocol::IceServer {
+            urls: vec!["turn:198.18.0.1:3478".into()],
+            username: Some(username.into()),
+            credential: Some("c".into()),
+        }
+    }
+
+    #[test]
+    fn relay_only_binds_only_the_wildcards() {
+        assert_eq!(default_bind(false), DEFAULT_BIND);
+        assert_eq!(default_bind(true), ["0.0.0.0:0", "[::]:0"]);
+    }
+
+    #[test]
+    fn a_turn_failure_says_whether_the_credential_had_expired() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        let stun = protocol::IceServer { urls: vec!["stun:a".into()], username: None, credential: None };
+        assert_eq!(
+            turn_failure(std::slice::from_ref(&stun), now),
+            None,
+            "no TURN server, nothing to explain"
+        );
+        let expired = turn_failure(&[stun.clone(), turn("1700000000:p")], now).unwrap_or_default();
+        assert!(expired.contains("expired 10s ago") && expired.contains("turn:198.18.0.1:3478"), "{expired}");
+        let refused = turn_failure(&[turn("1700003600:p")], now).unwrap_or_default();
+        assert!(refused.contains("refused") && refused.contains("--turn-secret"), "{refused}");
     }
 }

@@ -210,6 +210,24 @@ impl Browser {
     /// [`Browser::start_kind`] with another window size. Fails the test, saying why, when the
     /// browser or its driver cannot be started.
     pub async fn start_kind_sized(kind: BrowserKind, label: &str, width: u32, height: u32) -> Browser {
+        Browser::start_at(kind, &DriverPlace::here(), label, width, height).await
+    }
+
+    /// A Chromium whose chromedriver and browser run inside a [`crate::Side`] of a
+    /// [`crate::SplitNetwork`]: the page's WebRTC uses that side's network. The test reaches
+    /// chromedriver over the side's link.
+    pub async fn start_in(label: &str, side: &crate::Side) -> Browser {
+        let place = DriverPlace { launcher: side.launcher(), driver_ip: side.addr, client_ip: side.gateway };
+        Browser::start_at(BrowserKind::Chromium, &place, label, 1280, 800).await
+    }
+
+    async fn start_at(
+        kind: BrowserKind,
+        place: &DriverPlace,
+        label: &str,
+        width: u32,
+        height: u32,
+    ) -> Browser {
         let (browser, driver) = match kind {
             BrowserKind::Chromium => (
                 program(CHROMIUM_ENV, &["/usr/bin/chromium"], "Chromium", CHROMIUM_INSTALL_HINT),
@@ -225,7 +243,7 @@ impl Browser {
         // once more with a new driver and profile; a second failure fails the test.
         let mut first_failure = None;
         for _ in 0..2 {
-            match launch(kind, &browser, &driver, &label, width, height).await {
+            match launch(kind, &browser, &driver, place, &label, width, height).await {
                 Ok(started) => {
                     if let Some(why) = &first_failure {
                         eprintln!(
@@ -521,11 +539,28 @@ impl Drop for Browser {
     }
 }
 
+/// Where the driver (and so the browser) runs, and how the test reaches it.
+struct DriverPlace {
+    /// Command prefix that runs the driver there (empty: here).
+    launcher: Vec<String>,
+    /// Where the driver is reached.
+    driver_ip: Ipv4Addr,
+    /// The address the test connects from (chromedriver's `--allowed-ips`).
+    client_ip: Ipv4Addr,
+}
+
+impl DriverPlace {
+    fn here() -> DriverPlace {
+        DriverPlace { launcher: Vec::new(), driver_ip: Ipv4Addr::LOCALHOST, client_ip: Ipv4Addr::LOCALHOST }
+    }
+}
+
 /// Starts the driver and, through it, the browser; `Err` says why not (with the log's tail).
 async fn launch(
     kind: BrowserKind,
     browser: &Path,
     driver_path: &Path,
+    place: &DriverPlace,
     label: &str,
     width: u32,
     height: u32,
@@ -539,7 +574,14 @@ async fn launch(
         .unwrap_or_else(|e| panic!("cannot share the browser log {}: {e}", log.display()));
 
     let port = free_port();
-    let mut command = Command::new(driver_path);
+    let mut command = match place.launcher.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(driver_path);
+            command
+        }
+        None => Command::new(driver_path),
+    };
     let mut caps = serde_json::Map::new();
     // The default strategy waits for every load event and stalls for seconds here; tests
     // wait for what they need through the DOM instead.
@@ -548,7 +590,7 @@ async fn launch(
         BrowserKind::Chromium => {
             command
                 .arg(format!("--port={port}"))
-                .arg("--allowed-ips=127.0.0.1")
+                .arg(format!("--allowed-ips={}", place.client_ip))
                 // Chromium's own stderr, console messages included, goes to the log file.
                 .arg("--enable-chrome-logs");
             let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
@@ -585,9 +627,9 @@ async fn launch(
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {} ({e}); {}", driver_path.display(), install_hint(kind)));
-    wait_for_port(&mut driver, port, driver_path, &log).await?;
+    wait_for_port(&mut driver, (place.driver_ip, port), driver_path, &log).await?;
 
-    let url = format!("http://127.0.0.1:{port}");
+    let url = format!("http://{}:{port}", place.driver_ip);
     let mut builder = ClientBuilder::native();
     builder.capabilities(caps);
     let connect = builder.connect(&url);
@@ -711,10 +753,15 @@ fn free_port() -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("no local address: {e}"))
 }
 
-async fn wait_for_port(driver: &mut Child, port: u16, path: &Path, log: &Path) -> Result<(), String> {
+async fn wait_for_port(
+    driver: &mut Child,
+    (ip, port): (Ipv4Addr, u16),
+    path: &Path,
+    log: &Path,
+) -> Result<(), String> {
     let give_up = Instant::now() + START_DEADLINE;
     loop {
-        if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
+        if TcpStream::connect((ip, port)).is_ok() {
             return Ok(());
         }
         if let Ok(Some(status)) = driver.try_wait() {

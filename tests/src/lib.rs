@@ -21,12 +21,13 @@
 
 mod bins;
 pub mod browser;
+pub mod coturn;
 mod netns;
 mod peer;
 pub mod proxy;
 mod server;
 
 pub use bins::{bin_path, ensure_built};
-pub use netns::{inside_namespace, isolated, isolated_with_timeout};
+pub use netns::{SERVICE_ADDR, Side, SplitNetwork, inside_namespace, isolated, isolated_with_timeout};
 pub use peer::{DEFAULT_DEADLINE, Peer};
 pub use server::Server;

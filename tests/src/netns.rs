@@ -189,3 +189,113 @@ fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
         String::from_utf8_lossy(&bytes).into_owned()
     })
 }
+
+/// T's service address (on its `lo`): where the server and coturn listen in a [`SplitNetwork`].
+pub const SERVICE_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 1);
+
+/// Two more network namespaces, A and B, each linked by a veth pair only to the test's own
+/// namespace T, which does not forward (`ip_forward=0`): A and B reach T's [`SERVICE_ADDR`],
+/// never each other. Side `n` (1 for A, 2 for B) has `198.18.n.2/24`, T's end `198.18.n.1`, and
+/// a default route through T. Call it inside [`isolated`]; the namespaces end with the test
+/// (each is held by a `sleep` process of the test's PID namespace).
+#[derive(Debug)]
+pub struct SplitNetwork {
+    pub a: Side,
+    pub b: Side,
+}
+
+/// One side namespace of a [`SplitNetwork`].
+#[derive(Debug)]
+pub struct Side {
+    /// Holds the namespace open; killed with the test.
+    _holder: tokio::process::Child,
+    pid: u32,
+    /// The side's own address.
+    pub addr: std::net::Ipv4Addr,
+    /// T's address on this side's link.
+    pub gateway: std::net::Ipv4Addr,
+    /// The side's subnet, first and last address (for coturn's `denied-peer-ip`).
+    pub subnet: (std::net::Ipv4Addr, std::net::Ipv4Addr),
+}
+
+impl SplitNetwork {
+    /// Builds T's service address, A, B and their links. Fails the test, saying what, when a
+    /// step fails.
+    pub async fn build() -> SplitNetwork {
+        assert!(inside_namespace(), "SplitNetwork::build runs inside tests::isolated only");
+        run_ip(&[], &["addr", "add", &format!("{SERVICE_ADDR}/32"), "dev", "lo"]);
+        // Per namespace; a new one starts at 0, but say it, and check it: the test's premise.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "0")
+            .unwrap_or_else(|e| panic!("cannot set ip_forward=0 in the test namespace: {e}"));
+        let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+        assert_eq!(forward.trim(), "0", "T must not forward between A and B");
+        SplitNetwork { a: Side::build(1).await, b: Side::build(2).await }
+    }
+}
+
+impl Side {
+    async fn build(n: u8) -> Side {
+        let holder = tokio::process::Command::new("unshare")
+            .args(["--net", "--", "sleep", "100000"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start `unshare --net` for side {n}: {e}"));
+        let pid = holder.id().unwrap_or_else(|| panic!("side {n}'s namespace holder exited at once"));
+        // `unshare` makes the namespace, then execs `sleep`: wait until the process is in it.
+        let ours = std::fs::read_link("/proc/self/ns/net").ok();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok() == ours {
+            assert!(Instant::now() < deadline, "side {n}'s namespace was not created within 10 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (t_end, side_end) = (format!("t{n}"), format!("side{n}"));
+        let addr = std::net::Ipv4Addr::new(198, 18, n, 2);
+        let gateway = std::net::Ipv4Addr::new(198, 18, n, 1);
+        let side = Side {
+            _holder: holder,
+            pid,
+            addr,
+            gateway,
+            subnet: (std::net::Ipv4Addr::new(198, 18, n, 0), std::net::Ipv4Addr::new(198, 18, n, 255)),
+        };
+        run_ip(&[], &["link", "add", &t_end, "type", "veth", "peer", "name", &side_end]);
+        run_ip(&[], &["link", "set", &side_end, "netns", &pid.to_string()]);
+        run_ip(&[], &["addr", "add", &format!("{gateway}/24"), "dev", &t_end]);
+        run_ip(&[], &["link", "set", &t_end, "up"]);
+        let enter = side.launcher();
+        run_ip(&enter, &["link", "set", "lo", "up"]);
+        run_ip(&enter, &["addr", "add", &format!("{addr}/24"), "dev", &side_end]);
+        run_ip(&enter, &["link", "set", &side_end, "up"]);
+        run_ip(&enter, &["route", "add", "default", "via", &gateway.to_string()]);
+        side
+    }
+
+    /// The command prefix that runs a program inside this side: `nsenter --net=... --`
+    /// (nsenter execs the program, so signals reach it directly).
+    pub fn launcher(&self) -> Vec<String> {
+        vec!["nsenter".into(), format!("--net=/proc/{}/ns/net", self.pid), "--".into()]
+    }
+}
+
+/// `ip ARGS`, run through `launcher` (empty: in T). Fails the test with ip's message.
+fn run_ip(launcher: &[String], args: &[&str]) {
+    let mut command = match launcher.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg("ip");
+            c
+        }
+        None => Command::new("ip"),
+    };
+    let output = command.args(args).output().unwrap_or_else(|e| {
+        panic!("cannot run `ip {}` ({e}); e2e tests need iproute2 and util-linux", args.join(" "))
+    });
+    assert!(
+        output.status.success(),
+        "`{} ip {}` failed: {}",
+        launcher.join(" "),
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

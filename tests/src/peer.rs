@@ -65,13 +65,27 @@ impl Peer {
 
     /// Spawns `peer --server URL --json ARGS...` (for a server the test did not start itself).
     pub async fn spawn_with_url(url: &str, args: &[&str]) -> Peer {
+        Peer::spawn_via(&[], url, args).await
+    }
+
+    /// [`Peer::spawn_with_url`] through `launcher`, a command prefix such as
+    /// [`crate::Side::launcher`] (`nsenter --net=... --`) that runs the peer elsewhere.
+    pub async fn spawn_via(launcher: &[String], url: &str, args: &[&str]) -> Peer {
         let path = bin_path("peer");
         let label = args
             .windows(2)
             .find(|w| w[0] == "--name")
             .map(|w| w[1].to_string())
             .unwrap_or_else(|| "peer".to_string());
-        let mut child = Command::new(&path)
+        let mut command = match launcher.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(&path);
+                command
+            }
+            None => Command::new(&path),
+        };
+        let mut child = command
             .args(["--server", url, "--json"])
             .args(args)
             .stdin(Stdio::piped())

@@ -31,6 +31,14 @@ impl Server {
         Server { child: Some(child), addr, extra_args }
     }
 
+    /// [`Server::start`] listening on `addr` instead of `127.0.0.1:0` (e.g. a
+    /// [`crate::SplitNetwork`]'s service address, `198.18.0.1:0`).
+    pub async fn start_on(addr: &str, extra_args: &[&str]) -> Server {
+        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(addr, &extra_args).await;
+        Server { child: Some(child), addr, extra_args }
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr

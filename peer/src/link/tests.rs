@@ -26,9 +26,12 @@ enum Wire {
 struct Pair {
     a: Link,
     b: Link,
-    /// Non-signal events seen by each side.
+    /// Non-signal events seen by each side, `IceSelected` aside.
     a_events: mpsc::Receiver<LinkEvent>,
     b_events: mpsc::Receiver<LinkEvent>,
+    /// Each side's `IceSelected` events: they come whenever ICE settles, between the others.
+    a_paths: mpsc::Receiver<LinkEvent>,
+    b_paths: mpsc::Receiver<LinkEvent>,
 }
 
 /// `a` (polite, the newcomer) and `b` (impolite), with a task relaying signals between them.
@@ -43,14 +46,20 @@ async fn pair_with(wire: Wire, b_options: LinkOptions) -> Pair {
     let b = Link::new("a".into(), false, &b_options, tx).await.expect("link b");
     let (a_out, a_events) = mpsc::channel(256);
     let (b_out, b_events) = mpsc::channel(256);
+    let (a_path, a_paths) = mpsc::channel(16);
+    let (b_path, b_paths) = mpsc::channel(16);
     // The relay needs to call into the links, so it gets its own handles through channels.
     let (to_a, mut for_a) = mpsc::channel::<Signal>(256);
     let (to_b, mut for_b) = mpsc::channel::<Signal>(256);
     tokio::spawn(async move {
         while let Some((remote, event)) = rx.recv().await {
             // A link's events carry the *remote* id: events from link a say "b".
-            let (signal_to, events_to) = if remote == "b" { (&to_b, &a_out) } else { (&to_a, &b_out) };
+            let (signal_to, events_to, paths_to) =
+                if remote == "b" { (&to_b, &a_out, &a_path) } else { (&to_a, &b_out, &b_path) };
             match event {
+                LinkEvent::IceSelected { .. } => {
+                    let _ = paths_to.try_send(event);
+                }
                 LinkEvent::Signal(Signal::Candidate { .. }) if wire == Wire::NoTrickle => {}
                 LinkEvent::Signal(signal) => {
                     let _ = signal_to.send(signal).await;
@@ -61,7 +70,7 @@ async fn pair_with(wire: Wire, b_options: LinkOptions) -> Pair {
             }
         }
     });
-    let pair = Pair { a, b, a_events, b_events };
+    let pair = Pair { a, b, a_events, b_events, a_paths, b_paths };
     let (a_pc, b_pc) = (pair.a.peer_connection().clone(), pair.b.peer_connection().clone());
     // Weak, as the link's own handler holds it: a strong sender here would keep each link's
     // negotiation task alive after `close`, which then waits out its 2 s limit.
@@ -129,6 +138,23 @@ async fn next(events: &mut mpsc::Receiver<LinkEvent>, what: &str) -> LinkEvent {
 
 async fn expect_open(events: &mut mpsc::Receiver<LinkEvent>) {
     assert_eq!(next(events, "channel open").await, LinkEvent::ChannelOpen);
+}
+
+#[tokio::test]
+async fn each_side_reports_the_selected_pair_once() {
+    let mut p = pair(Wire::Trickle).await;
+    p.a.offer().await;
+    expect_open(&mut p.a_events).await;
+    expect_open(&mut p.b_events).await;
+    let host = LinkEvent::IceSelected { local: "host".into(), remote: "host".into() };
+    for paths in [&mut p.a_paths, &mut p.b_paths] {
+        assert_eq!(next(paths, "ice_selected").await, host, "two loopback host candidates");
+    }
+    // The pair stays: a few more looks (one per second) report nothing new.
+    tokio::time::sleep(PAIR_CHECK_INTERVAL * 3).await;
+    assert!(p.a_paths.try_recv().is_err() && p.b_paths.try_recv().is_err(), "reported once");
+    p.a.close(None).await;
+    p.b.close(None).await;
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@ fn options(expect: Option<usize>) -> ChatOptions {
         expect,
         bind: vec!["127.0.0.1:0".to_string()],
         ice_tick: transport::DEFAULT_ICE_TICK,
+        relay_only: false,
         files: FileOptions::default(),
     }
 }

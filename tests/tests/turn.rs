@@ -1,0 +1,285 @@
+//! TURN end to end: peers that have no direct path connect through the real coturn, with the
+//! credentials the server mints (INTERFACES.md, "TURN").
+//!
+//! Every test builds a [`SplitNetwork`] inside its own namespace: sides A and B, each linked
+//! only to T, which runs the server and coturn on 198.18.0.1 and does not forward. coturn runs
+//! the repository's `deploy/coturn/turnserver.conf` and also refuses to relay to A's and B's
+//! subnets, so the only candidate pair that can work between A and B is relay ↔ relay.
+//! `without_turn_the_sides_cannot_connect` shows that premise holds.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tests::browser::{Browser, web_dir};
+use tests::coturn::Coturn;
+use tests::{Peer, SERVICE_ADDR, Server, SplitNetwork, isolated};
+
+const SECRET: &str = "turn-test-secret";
+/// `--timeout` of the peers that must not connect: bounds the test, and is what ends them.
+const GIVE_UP: &str = "20s";
+/// Longer than [`GIVE_UP`] plus a peer's exit: "never happens", not a performance bound.
+const EXIT_DEADLINE: Duration = Duration::from_secs(40);
+
+/// T's network, coturn and the server with the given TURN flags (`--turn-url` is added).
+struct Relay {
+    net: SplitNetwork,
+    coturn: Coturn,
+    server: Server,
+}
+
+impl Relay {
+    async fn start(server_secret: &str, extra_server_args: &[&str]) -> Relay {
+        let net = SplitNetwork::build().await;
+        let coturn = Coturn::start(SERVICE_ADDR, SECRET, &[net.a.subnet, net.b.subnet]).await;
+        let url = coturn.url();
+        let web = web_dir();
+        let mut args = vec!["--web-dir", web.to_str().unwrap_or("web"), "--turn-url", &url];
+        args.extend(["--turn-secret", server_secret]);
+        args.extend_from_slice(extra_server_args);
+        let server = Server::start_on(&format!("{SERVICE_ADDR}:0"), &args).await;
+        Relay { net, coturn, server }
+    }
+
+    async fn peer_in_a(&self, args: &[&str]) -> Peer {
+        Peer::spawn_via(&self.net.a.launcher(), &self.server.ws_url(), args).await
+    }
+
+    async fn peer_in_b(&self, args: &[&str]) -> Peer {
+        Peer::spawn_via(&self.net.b.launcher(), &self.server.ws_url(), args).await
+    }
+}
+
+/// A directory of its own under the system temp dir, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(label: &str) -> Scratch {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-turn-{label}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    fn join(&self, name: &str) -> String {
+        let path = self.0.join(name);
+        path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display())).to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `size` random bytes to `path`; returns their SHA-256 (hex).
+fn write_random(path: &str, size: u64) -> String {
+    let mut bytes = Vec::new();
+    std::fs::File::open("/dev/urandom")
+        .and_then(|f| f.take(size).read_to_end(&mut bytes))
+        .unwrap_or_else(|e| panic!("cannot read /dev/urandom: {e}"));
+    std::fs::write(path, &bytes).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+    hex::encode(Sha256::digest(&bytes))
+}
+
+fn sha256_of(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    hex::encode(Sha256::digest(&bytes))
+}
+
+fn is(event: &Value, name: &str) -> bool {
+    event["event"] == name
+}
+
+/// Waits for the `ice_selected` event about `remote` and checks that both ends of the pair are
+/// TURN relays.
+async fn assert_relayed(peer: &mut Peer, remote: &str) {
+    let selected = peer.wait_for("ice_selected", |e| is(e, "ice_selected") && e["peer"] == remote).await;
+    assert_eq!(
+        (selected["local"].as_str(), selected["remote"].as_str()),
+        (Some("relay"), Some("relay")),
+        "{selected}"
+    );
+}
+
+/// Rust in A ↔ Rust in B: chat both ways and a file, relay ↔ relay. Ana uses the default
+/// policy (ICE finds that only the relay works), Bob `--relay-only`.
+#[test]
+fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
+    isolated(|| async {
+        let relay = Relay::start(SECRET, &[]).await;
+        let scratch = Scratch::new("r2r");
+        let source = scratch.join("report.bin");
+        let sha = write_random(&source, 1024 * 1024 + 7);
+        let inbox = scratch.join("inbox");
+
+        let mut ana = relay
+            .peer_in_a(&["--room", "r", "--name", "ana", "--send", "hello from A", "--send-file", &source])
+            .await;
+        let ana_id = ana.joined().await;
+        let mut bob = relay
+            .peer_in_b(&[
+                "--room",
+                "r",
+                "--name",
+                "bob",
+                "--relay-only",
+                "--send",
+                "hello from B",
+                "--receive-dir",
+                &inbox,
+            ])
+            .await;
+        let bob_id = bob.joined().await;
+
+        ana.wait_message(&bob_id, "hello from B").await;
+        bob.wait_message(&ana_id, "hello from A").await;
+        let received = bob.wait_event("file_received").await;
+        assert_eq!(received["sha256"], sha.as_str(), "{received}");
+        assert_eq!(sha256_of(Path::new(received["path"].as_str().unwrap_or_default())), sha);
+        let sent = ana.wait_event("file_sent").await;
+        assert_eq!(sent["ok"], true, "{sent}");
+
+        assert_relayed(&mut ana, &bob_id).await;
+        assert_relayed(&mut bob, &ana_id).await;
+        ana.assert_none("error", |e| is(e, "error"));
+        bob.assert_none("error", |e| is(e, "error"));
+        assert!(relay.coturn.log().contains("success"), "coturn logged no successful allocation");
+    });
+}
+
+/// The page in A (`relay=1`) ↔ a Rust peer in B: chat both ways and a file to the page; the
+/// page's per-peer stats show the relay path and the peer's `ice_selected` says relay.
+#[test]
+fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn() {
+    isolated(|| async {
+        let relay = Relay::start(SECRET, &[]).await;
+        let scratch = Scratch::new("p2r");
+        let source = scratch.join("notes.bin");
+        let sha = write_random(&source, 512 * 1024 + 3);
+
+        let page = Browser::start_in("pat", &relay.net.a).await;
+        page.open(&format!("{}/?room=r&name=pat&relay=1", relay.server.http_url())).await;
+        let pat_id = page.self_id().await;
+        let mut rusty = relay
+            .peer_in_b(&["--room", "r", "--name", "rusty", "--send", "hi page", "--send-file", &source])
+            .await;
+        let rusty_id = rusty.joined().await;
+
+        page.wait_connected(&rusty_id).await;
+        page.wait_line(&rusty_id, "hi page").await;
+        page.send_line("hi rust").await;
+        rusty.wait_message(&pat_id, "hi rust").await;
+        let row = page
+            .wait_until(
+                "notes.bin received and verified",
+                r#"const row = [...document.querySelectorAll('[data-file-name="notes.bin"]')]
+                     .find(e => e.dataset.fileDirection === 'in' && e.dataset.fileState === 'done');
+                   return row ? row.dataset.fileSha256 : null;"#,
+            )
+            .await;
+        assert_eq!(row.as_str(), Some(sha.as_str()), "the page's data-file-sha256");
+        assert_eq!(rusty.wait_event("file_sent").await["ok"], true);
+
+        assert_relayed(&mut rusty, &pat_id).await;
+        let path = page
+            .wait_until(
+                "the relay path in the peer's stats",
+                &format!(
+                    r#"const e = document.querySelector('[data-peer-id="{rusty_id}"] [data-stat="path"]');
+                       return e && e.textContent.startsWith('relay ↔ relay') ? e.textContent : null;"#
+                ),
+            )
+            .await;
+        assert!(path.as_str().is_some_and(|p| p.starts_with("relay ↔ relay")), "{path}");
+        page.close().await;
+    });
+}
+
+/// Both peers stop at `--timeout` without a channel, each having said why.
+async fn assert_never_connect(ana: &mut Peer, bob: &mut Peer) {
+    for peer in [&mut *ana, &mut *bob] {
+        let status = peer.wait_exit_within(EXIT_DEADLINE).await;
+        assert_eq!(status.code(), Some(1), "gave up at --timeout");
+        peer.assert_none("channel_open", |e| is(e, "channel_open"));
+    }
+}
+
+/// `--turn-ttl 1s`: Ana's credential has expired by the time Bob joins, so she gets no relay:
+/// she says that the credential expired, nothing connects, and both peers end at `--timeout`.
+#[test]
+fn an_expired_turn_credential_fails_with_a_clear_error() {
+    isolated(|| async {
+        let relay = Relay::start(SECRET, &["--turn-ttl", "1s"]).await;
+        let mut ana =
+            relay.peer_in_a(&["--room", "r", "--name", "ana", "--relay-only", "--timeout", GIVE_UP]).await;
+        ana.joined().await;
+        // The expiry is whole seconds after the welcome: 2.5 s is past it whatever the rounding.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let mut bob =
+            relay.peer_in_b(&["--room", "r", "--name", "bob", "--relay-only", "--timeout", GIVE_UP]).await;
+        let bob_id = bob.joined().await;
+
+        let error = ana
+            .wait_for("an error about the TURN credential", |e| {
+                is(e, "error") && e["message"].as_str().is_some_and(|m| m.contains("TURN credential expired"))
+            })
+            .await;
+        assert!(
+            error["message"].as_str().unwrap_or_default().starts_with(&bob_id),
+            "names the peer: {error}"
+        );
+        assert_never_connect(&mut ana, &mut bob).await;
+    });
+}
+
+/// A server whose `--turn-secret` is not coturn's: every credential is refused; both peers say
+/// so, nothing connects, both end at `--timeout`.
+#[test]
+fn a_wrong_turn_secret_fails_with_a_clear_error() {
+    isolated(|| async {
+        let relay = Relay::start("not-the-coturn-secret", &[]).await;
+        let mut ana =
+            relay.peer_in_a(&["--room", "r", "--name", "ana", "--relay-only", "--timeout", GIVE_UP]).await;
+        ana.joined().await;
+        let mut bob =
+            relay.peer_in_b(&["--room", "r", "--name", "bob", "--relay-only", "--timeout", GIVE_UP]).await;
+        bob.joined().await;
+        for peer in [&mut ana, &mut bob] {
+            peer.wait_for("an error saying the TURN server refused the credential", |e| {
+                is(e, "error")
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("refused the credential") && m.contains("--turn-secret"))
+            })
+            .await;
+        }
+        assert_never_connect(&mut ana, &mut bob).await;
+    });
+}
+
+/// The premise of the tests above: without a TURN server, A and B have no path.
+#[test]
+fn without_turn_the_sides_cannot_connect() {
+    isolated(|| async {
+        let net = SplitNetwork::build().await;
+        let server = Server::start_on(&format!("{SERVICE_ADDR}:0"), &[]).await;
+        let mut ana =
+            Peer::spawn_via(&net.a.launcher(), &server.ws_url(), &["--room", "r", "--timeout", GIVE_UP])
+                .await;
+        ana.joined().await;
+        let mut bob =
+            Peer::spawn_via(&net.b.launcher(), &server.ws_url(), &["--room", "r", "--timeout", GIVE_UP])
+                .await;
+        let welcome = bob.wait_event("welcome").await;
+        assert_eq!(welcome["peers"].as_array().map(Vec::len), Some(1), "both reach the server: {welcome}");
+        assert_never_connect(&mut ana, &mut bob).await;
+    });
+}
