@@ -110,7 +110,8 @@ async fn assert_relayed(peer: &mut Peer, remote: &str) {
 }
 
 /// Rust in A ↔ Rust in B: chat both ways and a file, relay ↔ relay. Ana uses the default
-/// policy (ICE finds that only the relay works), Bob `--relay-only`.
+/// policy (ICE finds that only the relay works), Bob `--relay-only`. Cy, in B next to Bob,
+/// could reach Bob directly, yet their pair is relay ↔ relay too: that is `--relay-only`.
 #[test]
 fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
     isolated(|| async {
@@ -138,8 +139,12 @@ fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
             ])
             .await;
         let bob_id = bob.joined().await;
+        let mut cy = relay.peer_in_b(&["--room", "r", "--name", "cy", "--send", "hello from cy"]).await;
+        let cy_id = cy.joined().await;
 
         ana.wait_message(&bob_id, "hello from B").await;
+        bob.wait_message(&cy_id, "hello from cy").await;
+        cy.wait_message(&bob_id, "hello from B").await;
         bob.wait_message(&ana_id, "hello from A").await;
         let received = bob.wait_event("file_received").await;
         assert_eq!(received["sha256"], sha.as_str(), "{received}");
@@ -149,6 +154,8 @@ fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
 
         assert_relayed(&mut ana, &bob_id).await;
         assert_relayed(&mut bob, &ana_id).await;
+        assert_relayed(&mut bob, &cy_id).await;
+        assert_relayed(&mut cy, &bob_id).await;
         ana.assert_none("error", |e| is(e, "error"));
         bob.assert_none("error", |e| is(e, "error"));
         assert!(relay.coturn.log().contains("success"), "coturn logged no successful allocation");
@@ -156,7 +163,9 @@ fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
 }
 
 /// The page in A (`relay=1`) ↔ a Rust peer in B: chat both ways and a file to the page; the
-/// page's per-peer stats show the relay path and the peer's `ice_selected` says relay.
+/// page's per-peer stats show the relay path and the peer's `ice_selected` says relay. A Rust
+/// peer in A next to the page could reach it directly, yet their pair is relay ↔ relay too:
+/// that is `relay=1`.
 #[test]
 fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn() {
     isolated(|| async {
@@ -189,16 +198,22 @@ fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn() {
         assert_eq!(rusty.wait_event("file_sent").await["ok"], true);
 
         assert_relayed(&mut rusty, &pat_id).await;
-        let path = page
-            .wait_until(
-                "the relay path in the peer's stats",
-                &format!(
-                    r#"const e = document.querySelector('[data-peer-id="{rusty_id}"] [data-stat="path"]');
-                       return e && e.textContent.startsWith('relay ↔ relay') ? e.textContent : null;"#
-                ),
-            )
-            .await;
-        assert!(path.as_str().is_some_and(|p| p.starts_with("relay ↔ relay")), "{path}");
+        let mut near = relay.peer_in_a(&["--room", "r", "--name", "near", "--send", "hi neighbour"]).await;
+        let near_id = near.joined().await;
+        page.wait_line(&near_id, "hi neighbour").await;
+        assert_relayed(&mut near, &pat_id).await;
+        for id in [&rusty_id, &near_id] {
+            let path = page
+                .wait_until(
+                    &format!("the relay path in the stats of {id}"),
+                    &format!(
+                        r#"const e = document.querySelector('[data-peer-id="{id}"] [data-stat="path"]');
+                           return e && e.textContent.startsWith('relay ↔ relay') ? e.textContent : null;"#
+                    ),
+                )
+                .await;
+            assert!(path.as_str().is_some_and(|p| p.starts_with("relay ↔ relay")), "{path}");
+        }
         page.close().await;
     });
 }
