@@ -15,6 +15,8 @@ command -v unshare >/dev/null 2>&1 || need_packages+=(util-linux)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v firefox-esr >/dev/null 2>&1 || need_packages+=(firefox-esr)
 command -v turnserver >/dev/null 2>&1 || need_packages+=(coturn)
+# The media tests make VP8/Opus files and decode recordings with ffmpeg (libvpx, libopus).
+command -v ffmpeg >/dev/null 2>&1 || need_packages+=(ffmpeg)
 if [ ${#need_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: missing ${need_packages[*]}; run as root (or install them) to run the e2e tests" >&2

@@ -6,6 +6,7 @@
 import { Signaling, describeClose, describeError } from "./signaling.js";
 import { PeerLink, MAX_LINE_BYTES } from "./peer.js";
 import { FileTransfers, enableDrop } from "./files.js";
+import { Call } from "./media.js";
 
 const $ = (selector) => document.querySelector(selector);
 const STATS_INTERVAL_MS = 1000;
@@ -44,6 +45,17 @@ const ui = {
 };
 
 const ROOM_PATTERN = /^[A-Za-z0-9_.-]{1,64}$/;
+
+// Camera, microphone and the stage's tiles (media.js); one for the page, across sessions.
+const call = new Call({
+  stage: $("#stage"),
+  grid: $("#tiles"),
+  cameraButton: $("#camera"),
+  micButton: $("#mic"),
+  label: (id) => displayName(session?.peers.get(id)?.link.name, id),
+  paint: (el, name, id) => paintAvatar(el, name, id),
+  notice: (text, kind) => notice(text, kind),
+});
 
 // The one session this page is in (null while the join form shows).
 let session = null;
@@ -117,6 +129,7 @@ class Session {
     ui.selfEntryName.textContent = name;
     ui.selfIdText.textContent = id;
     paintAvatar(ui.selfAvatar, name, id);
+    call.setSelf(id, name);
   }
 
   onMessage(msg) {
@@ -128,6 +141,7 @@ class Session {
         if (known) {
           known.link.name = peer.name;
           this.renderPeer(peer.id);
+          call.rename(peer.id);
           return;
         }
         // They are the newcomer: they offer, we wait and are the impolite side.
@@ -161,6 +175,7 @@ class Session {
     const entry = { link, el, wasConnected: false };
     this.peers.set(id, entry);
     ui.peers.append(el);
+    call.attach(link);
     link.addEventListener("state", () => this.renderPeer(id));
     link.addEventListener("line", (e) => addLine(id, link.name, e.detail.text, false));
     link.addEventListener("file-channel", (e) => this.files.accept(link, e.detail.channel));
@@ -192,6 +207,7 @@ class Session {
     const connection = link.connectionState;
     el.dataset.channel = channel; // contract: the chat channel's readyState
     el.dataset.connection = connection; // contract: the RTCPeerConnection's connectionState
+    el.dataset.negotiations = String(link.negotiations); // completed offer/answer exchanges
     const name = displayName(link.name, id);
     el.querySelector(".peer-name").textContent = name;
     el.querySelector(".peer-id").textContent = id;
@@ -218,6 +234,7 @@ class Session {
     const entry = this.peers.get(id);
     if (!entry) return;
     this.peers.delete(id);
+    call.detach(id);
     entry.link.close();
     entry.el.remove();
     updatePeerCount();
@@ -309,6 +326,7 @@ class Session {
     clearInterval(this.statsTimer);
     this.files.clear();
     for (const id of [...this.peers.keys()]) this.removePeer(id, null);
+    call.hangUp();
   }
 }
 
@@ -432,7 +450,7 @@ function showJoinForm({ room = "", name = "", error = null } = {}) {
   (room ? ui.nameInput : ui.roomInput).focus();
 }
 
-function enterRoom({ room, name, token }) {
+function enterRoom({ room, name, token, camera = false, mic = false }) {
   ui.joinView.hidden = true;
   ui.roomView.hidden = false;
   ui.session.hidden = false;
@@ -449,6 +467,9 @@ function enterRoom({ room, name, token }) {
   ui.invite.dataset.inviteUrl = inviteUrl();
   updatePeerCount();
   session.start();
+  // camera=1 / mic=1 in the URL: on at join (INTERFACES.md).
+  if (camera) call.setCamera(true);
+  if (mic) call.setMic(true);
   ui.message.focus();
 }
 
@@ -569,7 +590,13 @@ function main() {
   const name = params.get("name");
   const token = params.get("token") || undefined;
   if (room && name !== null && ROOM_PATTERN.test(room)) {
-    enterRoom({ room, name: name || undefined, token });
+    enterRoom({
+      room,
+      name: name || undefined,
+      token,
+      camera: params.get("camera") === "1",
+      mic: params.get("mic") === "1",
+    });
   } else {
     // An invite link carries only the room: ask for a name first.
     showJoinForm({ room: room ?? "", name: name ?? "" });

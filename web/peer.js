@@ -37,6 +37,12 @@ export class PeerLink extends EventTarget {
       this.send({ type: "candidate", candidate: candidate ? candidate.toJSON() : null });
     };
     pc.onconnectionstatechange = () => this.emit("state");
+    // Completed offer/answer exchanges: a renegotiation (a camera turned on) adds one.
+    this.negotiations = 0;
+    pc.onsignalingstatechange = () => {
+      if (pc.signalingState === "stable") this.negotiations += 1;
+      this.emit("state");
+    };
     pc.ondatachannel = ({ channel }) => {
       if (channel.label === "chat" && !this.chat) {
         this.useChat(channel);

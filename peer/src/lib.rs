@@ -3,6 +3,7 @@
 //!
 //! - [`files`]: files over `file` data channels (header, receiver, sender, progress bars).
 //! - [`link`]: one remote peer (peer connection, perfect negotiation, `chat` channel); no server.
+//! - [`media`]: audio and video (record, echo, play files) on the same connections.
 //! - [`signaling`]: the WebSocket client (join, resume, reconnect with backoff, outbox).
 //! - [`mesh`]: the room as this peer sees it: which links exist, who offers, what to tell the user.
 //! - [`transport`]: how connections are built (settings, sockets, buffers).
@@ -11,6 +12,7 @@
 pub mod channels;
 pub mod files;
 pub mod link;
+pub mod media;
 pub mod mesh;
 pub mod output;
 pub mod signaling;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceConnectionState, RTCIceGatheringState,
@@ -32,6 +33,7 @@ use webrtc::peer_connection::{
 
 use crate::channels::{ChannelOpener, LocalChannels};
 use crate::files::{self, FILE_LABEL, Inbox};
+use crate::media::{self, LinkMedia, Media};
 use crate::transport;
 
 /// The label of the chat channel (PROTOCOL.md).
@@ -94,6 +96,8 @@ pub struct LinkOptions {
     pub ice_tick: Duration,
     /// ICE transport policy `relay`: connect only through TURN (`--relay-only`).
     pub relay_only: bool,
+    /// Audio and video (`--record`, `--echo-media`, `--send-*`); `None` takes no media.
+    pub media: Option<Arc<Media>>,
 }
 
 impl Default for LinkOptions {
@@ -104,6 +108,7 @@ impl Default for LinkOptions {
             inbox: None,
             ice_tick: transport::DEFAULT_ICE_TICK,
             relay_only: false,
+            media: None,
         }
     }
 }
@@ -128,6 +133,9 @@ struct Shared {
     inbox: Option<Inbox>,
     /// Channels opened here on the live connection (issue 8's `file` channels).
     local_channels: Arc<LocalChannels>,
+    /// Our DTLS role once the first offer/answer settled it; every later answer keeps it.
+    dtls_role: Mutex<Option<dtls_role::Setup>>,
+    media: Option<LinkMedia>,
     tasks: TaskTracker,
     /// What explains a missing relay candidate ([`LinkEvent::TurnFailed`]).
     relay: RelayWatch,
@@ -184,6 +192,7 @@ impl Link {
         options: &LinkOptions,
         events: LinkEvents,
     ) -> Result<Link, LinkError> {
+        let media = options.media.as_ref().map(|m| m.for_link(remote.clone()));
         let shared = Arc::new(Shared {
             remote,
             polite,
@@ -192,6 +201,8 @@ impl Link {
             local_mid: Mutex::new((None, None)),
             inbox: options.inbox.clone(),
             local_channels: Arc::default(),
+            dtls_role: Mutex::new(None),
+            media,
             tasks: TaskTracker::new(),
             relay: RelayWatch {
                 ice_servers: options.ice_servers.clone(),
@@ -210,7 +221,12 @@ impl Link {
             .with_ice_servers(transport::ice_servers(&options.ice_servers))
             .with_ice_transport_policy(policy)
             .build();
-        let pc = PeerConnectionBuilder::new()
+        let mut builder = PeerConnectionBuilder::new();
+        if options.media.is_some() {
+            let (engine, interceptors) = media::media_engine().map_err(LinkError::Build)?;
+            builder = builder.with_media_engine(engine).with_interceptor_registry(interceptors);
+        }
+        let pc = builder
             .with_configuration(config)
             .with_setting_engine(transport::setting_engine(options.ice_tick))
             .with_runtime(transport::BigBufferRuntime::shared())
@@ -221,6 +237,9 @@ impl Link {
             .await
             .map_err(LinkError::Build)?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        if let Some(media) = &shared.media {
+            media.start(&pc, &shared.tasks).await;
+        }
         shared.tasks.spawn(negotiate(shared.clone(), pc.clone(), input_rx));
         shared.tasks.spawn(watch_selected_pair(shared.clone(), pc.clone()));
         Ok(Link { shared, pc, input: input_tx })
@@ -288,6 +307,9 @@ impl Link {
             if tokio::time::timeout(limit, drained).await.is_err() {
                 tracing::warn!(peer = %self.shared.remote, "chat lines not acknowledged within {limit:?}; closing anyway");
             }
+        }
+        if let Some(media) = &self.shared.media {
+            media.stop();
         }
         if let Err(e) = self.pc.close().await {
             tracing::debug!(peer = %self.shared.remote, "closing the peer connection: {e}");
@@ -364,8 +386,18 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(peer = %self.shared.remote, "connection state {state}");
+        if let Some(media) = &self.shared.media {
+            media.set_connected(state == RTCPeerConnectionState::Connected);
+        }
         if state == RTCPeerConnectionState::Failed {
             self.shared.emit(LinkEvent::Failed("connection failed".to_string())).await;
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        match &self.shared.media {
+            Some(media) => media.on_track(track, &self.shared.tasks),
+            None => tracing::debug!(peer = %self.shared.remote, "ignoring a media track (no media flags)"),
         }
     }
 
@@ -512,12 +544,26 @@ async fn apply_description(
         tracing::info!(peer = %shared.remote, "offer collision: polite side rolls back");
         pc.set_local_description(RTCSessionDescription::rollback(None)?).await?;
     }
+    let remote_sdp = (!is_offer).then(|| description.sdp.clone());
     pc.set_remote_description(description).await?;
+    if let Some(sdp) = remote_sdp {
+        let mut role = lock(&shared.dtls_role);
+        if role.is_none() {
+            *role = dtls_role::ours_from_remote_answer(&sdp);
+        }
+    }
     if is_offer {
         let answer = pc.create_answer(None).await?;
         remember_mid(shared, &answer.sdp);
         pc.set_local_description(answer).await?;
-        let sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+        let mut sdp = pc.local_description().await.map(|d| d.sdp).unwrap_or_default();
+        // Only the text sent is changed: webrtc-rs refuses a local answer other than the one it
+        // made, and never reads the role back from it (see `dtls_role`).
+        let settled = *lock(&shared.dtls_role);
+        match settled {
+            Some(ours) => sdp = dtls_role::keep_role(&sdp, ours),
+            None => *lock(&shared.dtls_role) = dtls_role::ours_from_local_answer(&sdp),
+        }
         shared.emit(LinkEvent::Signal(Signal::Answer { sdp })).await;
     }
     Ok(())
@@ -640,6 +686,8 @@ async fn write_chat(remote: String, channel: Arc<dyn DataChannel>, mut rx: mpsc:
         }
     }
 }
+
+mod dtls_role;
 
 #[cfg(test)]
 mod tests;

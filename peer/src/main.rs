@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use peer::files::{Corruption, FileOptions, Outgoing};
+use peer::media::{AudioFile, MediaOptions, VideoFile};
 use peer::mesh::{self, ChatOptions, Inputs, Outcome};
 use peer::output::Output;
 use peer::signaling::{JoinParams, Signaling};
@@ -77,6 +78,21 @@ struct Args {
     /// Exit 0 once N files have been received and verified.
     #[arg(long, value_name = "N")]
     expect_files: Option<usize>,
+    /// Write every incoming track to DIR: VP8 video as IVF, Opus audio as Ogg.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Send every incoming audio and video track back to its sender.
+    #[arg(long)]
+    echo_media: bool,
+    /// Play this IVF (VP8) file, looped, to every peer.
+    #[arg(long, value_name = "FILE")]
+    send_video: Option<PathBuf>,
+    /// Play this Ogg (Opus) file, looped, to every peer.
+    #[arg(long, value_name = "FILE")]
+    send_audio: Option<PathBuf>,
+    /// Exit 0 once N video frames have been received in total (from each track's first keyframe).
+    #[arg(long, value_name = "N")]
+    expect_frames: Option<usize>,
     /// TESTING ONLY: break every file this peer sends, to test receivers: `hash` announces a
     /// wrong SHA-256, `truncate` closes the channel after half the bytes. Hidden from --help.
     #[arg(long, value_name = "HOW", hide = true)]
@@ -140,13 +156,21 @@ fn main() {
             }
         }
     }
-    let code = runtime.block_on(run(args, outgoing));
+    // Media files are loaded (and checked) before joining too: a bad one is a bad flag.
+    let media = MediaOptions {
+        record: args.record.as_ref().map(|dir| std::path::absolute(dir).unwrap_or(dir.clone())),
+        echo: args.echo_media,
+        send_video: args.send_video.as_ref().map(|p| load("--send-video", VideoFile::load(p))),
+        send_audio: args.send_audio.as_ref().map(|p| load("--send-audio", AudioFile::load(p))),
+        expect_frames: args.expect_frames,
+    };
+    let code = runtime.block_on(run(args, outgoing, media));
     // Exit with the runtime still alive: dropping it would wait for the blocking stdin read,
     // which cannot be cancelled and may never end.
     std::process::exit(code);
 }
 
-async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>) -> i32 {
+async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>, media: MediaOptions) -> i32 {
     let tasks = TaskTracker::new();
     let (server_tx, server_rx) = mpsc::channel(256);
     let signaling = Signaling::start(
@@ -190,6 +214,7 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>) -> i32 {
             expect: args.expect_files,
             corrupt: args.test_corrupt_file,
         },
+        media,
     };
     let mut output = Output::new(args.json);
     let outcome = mesh::run(options, signaling, server_rx, inputs, &mut |event| output.emit(&event)).await;
@@ -202,6 +227,17 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>) -> i32 {
         Outcome::Failed(reason) => {
             eprintln!("peer: {reason}");
             1
+        }
+    }
+}
+
+/// A loaded media file, or exit 2 (a bad flag) saying why not.
+fn load<T>(flag: &str, loaded: Result<T, String>) -> Arc<T> {
+    match loaded {
+        Ok(file) => Arc::new(file),
+        Err(e) => {
+            eprintln!("peer: {flag}: {e}");
+            std::process::exit(2);
         }
     }
 }

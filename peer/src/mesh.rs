@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::files::{self, FileEvent, FileOptions, Inbox};
 use crate::link::{Link, LinkEvent, LinkOptions};
+use crate::media::{MEDIA_EVENT_QUEUE, Media, MediaEvent, MediaOptions};
 use crate::output::Event;
 use crate::signaling::{Signaling, SignalingEvent};
 
@@ -42,6 +43,8 @@ pub struct ChatOptions {
     pub relay_only: bool,
     /// `--send-file`, `--receive-dir`, `--expect-files`.
     pub files: FileOptions,
+    /// `--record`, `--echo-media`, `--send-video`, `--send-audio`, `--expect-frames`.
+    pub media: MediaOptions,
 }
 
 /// Why the mesh stopped.
@@ -87,6 +90,10 @@ struct Mesh<'a> {
     sends: TaskTracker,
     /// Ctrl-C / SIGTERM: stop, without waiting for files still being sent.
     interrupted: bool,
+    /// Audio and video, when a media flag was given; its events come through `media_rx`.
+    media: Option<std::sync::Arc<Media>>,
+    media_rx: mpsc::Receiver<MediaEvent>,
+    frames_expected: bool,
     emit: &'a mut dyn FnMut(Event),
 }
 
@@ -120,11 +127,14 @@ where
             Some(event) = mesh.file_rx.recv() => {
                 if let Some(outcome) = mesh.on_file(event) { break outcome }
             }
+            Some(event) = mesh.media_rx.recv() => {
+                if let Some(outcome) = mesh.on_media(event) { break outcome }
+            }
             line = lines.recv(), if stdin_open => match line {
                 Some(line) => mesh.on_line(line).await,
                 None => {
                     stdin_open = false;
-                    if mesh.options.expect.is_none() && mesh.options.files.expect.is_none() { break Outcome::Done }
+                    if mesh.options.expect.is_none() && mesh.options.files.expect.is_none() && mesh.options.media.expect_frames.is_none() { break Outcome::Done }
                 }
             },
             _ = &mut shutdown => {
@@ -146,6 +156,8 @@ impl<'a> Mesh<'a> {
     fn new(options: ChatOptions, signaling: Signaling, emit: &'a mut dyn FnMut(Event)) -> Self {
         let (link_tx, link_rx) = mpsc::channel(LINK_EVENT_QUEUE);
         let (file_tx, file_rx) = mpsc::channel(FILE_EVENT_QUEUE);
+        let (media_tx, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
+        let media = options.media.enabled().then(|| Media::new(options.media.clone(), media_tx));
         Mesh {
             options,
             signaling,
@@ -162,6 +174,9 @@ impl<'a> Mesh<'a> {
             files_received: 0,
             sends: TaskTracker::new(),
             interrupted: false,
+            media,
+            media_rx,
+            frames_expected: false,
             emit,
         }
     }
@@ -257,6 +272,7 @@ impl Mesh<'_> {
             ice_servers: self.ice_servers.clone(),
             relay_only: self.options.relay_only,
             inbox: Some(Inbox { dir: self.options.files.receive_dir.clone(), events: self.file_tx.clone() }),
+            media: self.media.clone(),
         };
         match Link::new(id.to_string(), polite, &options, self.link_tx.clone()).await {
             Ok(link) => {
@@ -391,12 +407,23 @@ impl Mesh<'_> {
         None
     }
 
-    /// `--expect` and `--expect-files`: done once every one given is reached.
+    fn on_media(&mut self, event: MediaEvent) -> Option<Outcome> {
+        if event == MediaEvent::FramesExpected {
+            self.frames_expected = true;
+            return self.expectations_met().then_some(Outcome::Done);
+        }
+        (self.emit)(Event::Media(event));
+        None
+    }
+
+    /// `--expect`, `--expect-files` and `--expect-frames`: done once every one given is reached.
     fn expectations_met(&self) -> bool {
-        let (lines, files) = (self.options.expect, self.options.files.expect);
-        (lines.is_some() || files.is_some())
+        let (lines, files, frames) =
+            (self.options.expect, self.options.files.expect, self.options.media.expect_frames);
+        (lines.is_some() || files.is_some() || frames.is_some())
             && lines.is_none_or(|n| self.received >= n)
             && files.is_none_or(|n| self.files_received >= n)
+            && (frames.is_none() || self.frames_expected)
     }
 
     /// Lets outgoing files finish (bounded), still reporting their outcome. After Ctrl-C they
@@ -460,6 +487,13 @@ impl Mesh<'_> {
         self.finish_sends().await;
         let links: Vec<Link> = self.links.drain().map(|(_, l)| l).collect();
         futures_util::future::join_all(links.into_iter().map(|l| l.close(Some(FLUSH_DEADLINE)))).await;
+        // Every recording is complete before exit, also those whose task did not get to it.
+        if let Some(media) = self.media.clone() {
+            media.finish().await;
+        }
+        while let Ok(event) = self.media_rx.try_recv() {
+            self.on_media(event);
+        }
         tracing::debug!("links closed; leaving");
         self.signaling.leave(LEAVE_DEADLINE).await;
         tracing::debug!("left");

@@ -8,6 +8,7 @@ use protocol::PeerInfo;
 use serde_json::json;
 
 use crate::files::{self, FileEvent, ProgressBars};
+use crate::media::{self, MediaEvent};
 
 /// Something worth telling the user.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +51,8 @@ pub enum Event {
         local: String,
         remote: String,
     },
+    /// A remote track started or ended (see [`crate::media`]).
+    Media(MediaEvent),
 }
 
 /// Renders events to stdout.
@@ -77,6 +80,8 @@ impl Output {
                 let who = file.peer().map(|id| self.who(id)).unwrap_or_default();
                 files::human_line(file, &who, self.bars.as_mut())
             }
+            Event::Media(m) if self.json => media::json_event(m).map(|v| v.to_string()),
+            Event::Media(m) => media::human_line(m, &m.peer().map(|id| self.who(id)).unwrap_or_default()),
             _ if self.json => Some(Self::json_line(event)),
             _ => Some(self.human_line(event)),
         };
@@ -111,6 +116,7 @@ impl Output {
                 json!({"event": "ice_selected", "peer": peer, "local": local, "remote": remote})
             }
             Event::File(file) => files::json_event(file).unwrap_or(serde_json::Value::Null),
+            Event::Media(m) => media::json_event(m).unwrap_or(serde_json::Value::Null),
         };
         value.to_string()
     }
@@ -159,6 +165,9 @@ impl Output {
             Event::File(file) => {
                 let who = file.peer().map(|id| self.who(id)).unwrap_or_default();
                 files::human_line(file, &who, None).unwrap_or_default()
+            }
+            Event::Media(m) => {
+                media::human_line(m, &m.peer().map(|id| self.who(id)).unwrap_or_default()).unwrap_or_default()
             }
         }
     }

@@ -21,6 +21,7 @@ fn options(expect: Option<usize>) -> ChatOptions {
         ice_tick: transport::DEFAULT_ICE_TICK,
         relay_only: false,
         files: FileOptions::default(),
+        media: Default::default(),
     }
 }
 
