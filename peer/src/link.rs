@@ -228,7 +228,13 @@ impl Link {
         }
         let pc = builder
             .with_configuration(config)
-            .with_setting_engine(transport::setting_engine(options.ice_tick))
+            .with_setting_engine(
+                transport::setting_engine_builder(options.ice_tick)
+                    .with_relay_acceptance_min_wait(Some(transport::relay_acceptance_wait(
+                        options.relay_only,
+                    )))
+                    .build(),
+            )
             .with_runtime(transport::BigBufferRuntime::shared())
             .with_handler(handler)
             .with_udp_addrs(options.bind.clone())

@@ -80,6 +80,16 @@ pub const DEFAULT_ICE_TICK: Duration = Duration::from_millis(10);
 /// (7 checks of 200 ms), kept whatever the tick.
 const ICE_CHECK_BUDGET: Duration = Duration::from_millis(1400);
 
+/// How long ICE waits, from its start, before it may nominate a pair with a relay candidate
+/// (webrtc-rs's default is 2 s, pion's). Waiting lets a direct pair win where one exists: a host
+/// pair may be nominated at once, a server-reflexive one after 500 ms (the default, kept), so a
+/// path punched through NATs within 1 s is still preferred to the relay. With `--relay-only`
+/// nothing better can come, so no wait. Measured in the TURN benchmark (docs/benchmarks.md,
+/// "TURN"): join → `chat` open through coturn took 2.1 s with the default, all of it this wait.
+pub fn relay_acceptance_wait(relay_only: bool) -> Duration {
+    if relay_only { Duration::ZERO } else { Duration::from_secs(1) }
+}
+
 /// The settings every connection uses, with the ICE timer ticking every `ice_tick`.
 ///
 /// A peer-reflexive first pair is accepted at once instead of after 1 s. mDNS is off: nobody here

@@ -13,6 +13,7 @@
 //! so the figures show what the relay itself costs. The server hands out TURN in both cases.
 //! - direct: both peers in A; ICE picks their host candidates (`ice_selected` checked).
 //! - relay: one peer in A, one in B; only relay ↔ relay works (`ice_selected` checked).
+//! - relay_only (connect only): the same with both peers `--relay-only`.
 //!
 //! Connect: for each of 20 runs in a fresh room, the first peer joins, then the second; from
 //! the second's `welcome` event to its `channel_open`, timestamped as read from its `--json`
@@ -32,7 +33,7 @@ use serde_json::{Value, json};
 use tests::coturn::Coturn;
 use tests::{SERVICE_ADDR, Server, SplitNetwork, bin_path, isolated_with_timeout};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 const SECRET: &str = "bench-secret";
 const CONNECT_RUNS: usize = 20;
@@ -44,6 +45,10 @@ const EVENT_DEADLINE: Duration = Duration::from_secs(120);
 struct TimedPeer {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Held open: a peer without `--expect*` exits at the end of its stdin.
+    _stdin: Option<ChildStdin>,
+    /// Events read while waiting for another, with when they were read.
+    seen: Vec<(Value, Instant)>,
 }
 
 impl TimedPeer {
@@ -54,18 +59,26 @@ impl TimedPeer {
             .arg(bin_path("peer"))
             .args(["--server", url, "--json"])
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start the peer: {e}"));
         let stdout = child.stdout.take().unwrap_or_else(|| panic!("peer stdout is not piped"));
-        TimedPeer { child, lines: BufReader::new(stdout).lines() }
+        TimedPeer {
+            _stdin: child.stdin.take(),
+            child,
+            lines: BufReader::new(stdout).lines(),
+            seen: Vec::new(),
+        }
     }
 
-    /// The next event named `name` and when it was read.
+    /// The first event named `name` not taken yet, and when it was read.
     async fn wait(&mut self, name: &str) -> (Value, Instant) {
+        if let Some(i) = self.seen.iter().position(|(e, _)| e["event"] == name) {
+            return self.seen.remove(i);
+        }
         let read = async {
             while let Ok(Some(line)) = self.lines.next_line().await {
                 let at = Instant::now();
@@ -73,6 +86,7 @@ impl TimedPeer {
                 if event["event"] == name {
                     return (event, at);
                 }
+                self.seen.push((event, at));
             }
             panic!("the peer exited before {name}");
         };
@@ -91,6 +105,8 @@ impl TimedPeer {
 enum Path {
     Direct,
     Relay,
+    /// Relay with both peers `--relay-only`.
+    RelayOnly,
 }
 
 impl Path {
@@ -98,13 +114,21 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::Relay => "relay",
+            Path::RelayOnly => "relay_only",
+        }
+    }
+
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Path::RelayOnly => &["--relay-only"],
+            Path::Direct | Path::Relay => &[],
         }
     }
 
     fn expected_type(self) -> &'static str {
         match self {
             Path::Direct => "host",
-            Path::Relay => "relay",
+            Path::Relay | Path::RelayOnly => "relay",
         }
     }
 }
@@ -120,7 +144,7 @@ impl World {
     fn sides(&self, path: Path) -> (Vec<String>, Vec<String>) {
         match path {
             Path::Direct => (self.net.a.launcher(), self.net.a.launcher()),
-            Path::Relay => (self.net.a.launcher(), self.net.b.launcher()),
+            Path::Relay | Path::RelayOnly => (self.net.a.launcher(), self.net.b.launcher()),
         }
     }
 }
@@ -129,9 +153,10 @@ impl World {
 async fn connect_once(world: &World, path: Path, room: &str) -> f64 {
     let (first_side, second_side) = world.sides(path);
     let url = world.server.ws_url();
-    let mut first = TimedPeer::spawn(&first_side, &url, &["--room", room]).await;
+    let args = [&["--room", room][..], path.flags()].concat();
+    let mut first = TimedPeer::spawn(&first_side, &url, &args).await;
     first.wait("welcome").await;
-    let mut second = TimedPeer::spawn(&second_side, &url, &["--room", room]).await;
+    let mut second = TimedPeer::spawn(&second_side, &url, &args).await;
     let (_, joined) = second.wait("welcome").await;
     let (_, open) = second.wait("channel_open").await;
     let (selected, _) = second.wait("ice_selected").await;
@@ -189,7 +214,7 @@ fn relay_vs_direct() {
         .await;
         let world = World { net, server, _coturn: coturn };
 
-        for path in [Path::Direct, Path::Relay] {
+        for path in [Path::Direct, Path::Relay, Path::RelayOnly] {
             let warmup = connect_once(&world, path, &format!("w{}", path.name())).await;
             let mut times = Vec::new();
             for run in 0..CONNECT_RUNS {
