@@ -139,7 +139,20 @@ fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
             ])
             .await;
         let bob_id = bob.joined().await;
-        let mut cy = relay.peer_in_b(&["--room", "r", "--name", "cy", "--send", "hello from cy"]).await;
+        // Ana's file reaches Cy too: into the scratch dir, not the working directory.
+        let cy_inbox = scratch.join("cy");
+        let mut cy = relay
+            .peer_in_b(&[
+                "--room",
+                "r",
+                "--name",
+                "cy",
+                "--send",
+                "hello from cy",
+                "--receive-dir",
+                &cy_inbox,
+            ])
+            .await;
         let cy_id = cy.joined().await;
 
         ana.wait_message(&bob_id, "hello from B").await;
@@ -198,7 +211,20 @@ fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn() {
         assert_eq!(rusty.wait_event("file_sent").await["ok"], true);
 
         assert_relayed(&mut rusty, &pat_id).await;
-        let mut near = relay.peer_in_a(&["--room", "r", "--name", "near", "--send", "hi neighbour"]).await;
+        // Rusty's file reaches Near too: into the scratch dir, not the working directory.
+        let near_inbox = scratch.join("near");
+        let mut near = relay
+            .peer_in_a(&[
+                "--room",
+                "r",
+                "--name",
+                "near",
+                "--send",
+                "hi neighbour",
+                "--receive-dir",
+                &near_inbox,
+            ])
+            .await;
         let near_id = near.joined().await;
         page.wait_line(&near_id, "hi neighbour").await;
         assert_relayed(&mut near, &pat_id).await;
