@@ -2,7 +2,9 @@
 //!
 //! It joins, hands every server message to the owner as a [`SignalingEvent`], and sends the
 //! owner's signals. When the connection is lost without a final close code it reconnects with
-//! backoff and joins again with the latest `resume_token` (INTERFACES.md). Signals produced
+//! backoff and joins again with the latest `resume_token` and the highest `seq` it handed to the
+//! owner (`last_seq`, PROTOCOL.md v1.1), so that messages the server wrote into a connection
+//! that died unread are delivered again, and nothing is handed over twice. Signals produced
 //! while there is no connection wait in a bounded outbox: sent after a resumed `welcome`,
 //! dropped after a fresh one (they were addressed to peers of a session that no longer exists).
 
@@ -145,6 +147,8 @@ async fn run(
     events: mpsc::Sender<SignalingEvent>,
 ) {
     let mut resume: Option<String> = None;
+    // The highest seq handed to the owner; `None` until a v1.1 server numbers its messages.
+    let mut handled: Option<u64> = None;
     let mut my_id: Option<String> = None;
     let mut outbox = Outbox { queue: VecDeque::new() };
     let mut failures: u32 = 0;
@@ -152,7 +156,7 @@ async fn run(
 
     loop {
         // Connect and join, keeping whatever the owner sends meanwhile.
-        let attempt = tokio::time::timeout(JOIN_DEADLINE, connect_and_join(&params, resume.clone()));
+        let attempt = tokio::time::timeout(JOIN_DEADLINE, connect_and_join(&params, resume.clone(), handled));
         tokio::pin!(attempt);
         let joined = loop {
             tokio::select! {
@@ -173,6 +177,10 @@ async fn run(
                     tracing::info!("fresh session: dropping {} signals of the old one", outbox.queue.len());
                     outbox.queue.clear();
                 }
+                if !resumed {
+                    // A new session numbers from its welcome on.
+                    handled = welcome.seq;
+                }
                 my_id = Some(welcome.id.clone());
                 if events.send(SignalingEvent::Welcome(welcome)).await.is_err() {
                     return;
@@ -180,7 +188,7 @@ async fn run(
                 let id = my_id.clone().unwrap_or_default();
                 match flush_outbox(&mut ws, &mut outbox, &id).await {
                     Err(e) => Ended::Lost(e),
-                    Ok(()) => serve(&mut ws, &id, &mut commands, &events, &mut outbox).await,
+                    Ok(()) => serve(&mut ws, &id, &mut commands, &events, &mut outbox, &mut handled).await,
                 }
             }
             Err(ended) => ended,
@@ -230,13 +238,18 @@ pub fn backoff(failures: u32) -> Duration {
     half + half.mul_f64(rand::rng().random::<f64>())
 }
 
-async fn connect_and_join(params: &JoinParams, resume: Option<String>) -> Result<(Ws, Welcome), Ended> {
+async fn connect_and_join(
+    params: &JoinParams,
+    resume: Option<String>,
+    handled: Option<u64>,
+) -> Result<(Ws, Welcome), Ended> {
     let (mut ws, _) = tokio_tungstenite::connect_async(params.url.as_str())
         .await
         .map_err(|e| Ended::Lost(format!("cannot connect: {e}")))?;
     let join = ClientMessage::Join(Join {
         room: params.room.clone(),
         name: params.name.clone(),
+        last_seq: resume.as_ref().and(handled),
         resume,
         token: params.token.clone(),
     });
@@ -301,6 +314,7 @@ async fn serve(
     commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<SignalingEvent>,
     outbox: &mut Outbox,
+    handled: &mut Option<u64>,
 ) -> Ended {
     loop {
         tokio::select! {
@@ -327,10 +341,21 @@ async fn serve(
                 }
             },
             message = read(ws) => {
+                let seq = message.as_ref().ok().and_then(ServerMessage::seq);
+                if let (Some(seq), Some(last)) = (seq, *handled) {
+                    if seq <= last {
+                        // Defensive: the server sends nothing at or below last_seq again.
+                        tracing::debug!(seq, last, "ignoring a message already handled");
+                        continue;
+                    }
+                    if seq > last + 1 {
+                        tracing::warn!(seq, last, "signaling messages {}..{} never arrived", last + 1, seq - 1);
+                    }
+                }
                 let event = match message {
-                    Ok(ServerMessage::PeerJoined { peer }) => SignalingEvent::PeerJoined(peer),
-                    Ok(ServerMessage::PeerLeft { id }) => SignalingEvent::PeerLeft(id),
-                    Ok(ServerMessage::Signal { from, signal }) => SignalingEvent::Signal { from, signal },
+                    Ok(ServerMessage::PeerJoined { peer, .. }) => SignalingEvent::PeerJoined(peer),
+                    Ok(ServerMessage::PeerLeft { id, .. }) => SignalingEvent::PeerLeft(id),
+                    Ok(ServerMessage::Signal { from, signal, .. }) => SignalingEvent::Signal { from, signal },
                     Ok(ServerMessage::Error(e)) => SignalingEvent::Error(e),
                     Ok(ServerMessage::Welcome(_)) => {
                         tracing::warn!("ignoring an unexpected second welcome");
@@ -341,6 +366,10 @@ async fn serve(
                 if events.send(event).await.is_err() {
                     leave(ws).await;
                     return Ended::Left;
+                }
+                // Handed to the owner, which handles events in order: handled.
+                if seq.is_some() {
+                    *handled = seq;
                 }
             }
         }

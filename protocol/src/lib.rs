@@ -43,6 +43,10 @@ pub struct Join {
     /// A room token, required when the server was started with a token secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// With `resume` (v1.1): the highest `seq` this client has handled. The server then
+    /// delivers exactly the messages after it, or refuses the resume if it no longer holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
 }
 
 /// What peers exchange through the server to set up a WebRTC connection.
@@ -111,17 +115,50 @@ pub struct Welcome {
     pub ice_servers: Vec<IceServer>,
     pub resume_token: String,
     pub resumed: bool,
+    /// v1.1: the first numbered message after this welcome carries `seq + 1` (0 after a fresh
+    /// join). `None` from a v1 server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// A message the server sends to a client.
+///
+/// `seq` (v1.1): the member's own counter, +1 for every `peer_joined`, `peer_left` and `signal`
+/// it is sent, continuing across resumes; `None` from a v1 server. A client remembers the
+/// highest it handled and sends it as `last_seq` when it resumes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Welcome(Welcome),
-    PeerJoined { peer: PeerInfo },
-    PeerLeft { id: String },
-    Signal { from: String, signal: Signal },
+    PeerJoined {
+        peer: PeerInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    PeerLeft {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    Signal {
+        from: String,
+        signal: Signal,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
     Error(ErrorMessage),
+}
+
+impl ServerMessage {
+    /// The message's sequence number, for the three kinds that carry one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            ServerMessage::PeerJoined { seq, .. }
+            | ServerMessage::PeerLeft { seq, .. }
+            | ServerMessage::Signal { seq, .. } => *seq,
+            ServerMessage::Welcome(_) | ServerMessage::Error(_) => None,
+        }
+    }
 }
 
 /// A refused request. The connection stays open unless the code says otherwise.

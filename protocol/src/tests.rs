@@ -26,7 +26,33 @@ fn join_parses_with_name_resume_and_token() {
             name: Some("alice".into()),
             resume: Some("abc".into()),
             token: Some("t".into()),
+            last_seq: None,
         })
+    );
+}
+
+#[test]
+fn sequence_numbers_are_optional_both_ways() {
+    // v1.1 fields parse where present and stay out of the JSON where absent (v1 peers).
+    let join: ClientMessage =
+        serde_json::from_str(r#"{"type":"join","room":"r","resume":"t","last_seq":41}"#).expect("parses");
+    assert!(matches!(join, ClientMessage::Join(Join { last_seq: Some(41), .. })));
+    let signal: ServerMessage = serde_json::from_str(
+        r#"{"type":"signal","from":"a","signal":{"type":"candidate","candidate":null},"seq":7}"#,
+    )
+    .expect("parses");
+    assert_eq!(signal.seq(), Some(7));
+    let v1: ServerMessage = serde_json::from_str(r#"{"type":"peer_left","id":"a"}"#).expect("parses");
+    assert_eq!(v1.seq(), None);
+    let joined =
+        ServerMessage::PeerJoined { peer: PeerInfo { id: "b".into(), name: "bo".into() }, seq: Some(3) };
+    assert_eq!(
+        to_value(&joined),
+        json!({"type": "peer_joined", "peer": {"id": "b", "name": "bo"}, "seq": 3})
+    );
+    assert_eq!(
+        to_value(&ServerMessage::PeerLeft { id: "b".into(), seq: None }),
+        json!({"type": "peer_left", "id": "b"})
     );
 }
 
@@ -70,11 +96,12 @@ fn welcome_and_error_have_the_documented_shape() {
         }],
         resume_token: "secret".into(),
         resumed: false,
+        seq: Some(0),
     });
     assert_eq!(
         to_value(&welcome),
         json!({"type": "welcome", "id": "a1", "room": "lobby", "peers": [{"id": "b2", "name": "bob"}],
-               "ice_servers": [{"urls": ["stun:example.org"]}], "resume_token": "secret", "resumed": false})
+               "ice_servers": [{"urls": ["stun:example.org"]}], "resume_token": "secret", "resumed": false, "seq": 0})
     );
     let error = ServerMessage::Error(ErrorMessage {
         code: ErrorCode::UnknownPeer,

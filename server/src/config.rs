@@ -179,6 +179,10 @@ pub struct ServeArgs {
     /// Messages per second a connection may send, sustained.
     #[arg(long, default_value_t = 200)]
     pub rate_per_sec: u32,
+    /// Bound on every outbound, resume and retention queue together, in bytes (K/M/G suffixes,
+    /// binary: 64M). A signal that would take the total over it gets `server_busy`.
+    #[arg(long, default_value = "268435456", value_parser = parse_bytes)]
+    pub max_queued_bytes: usize,
 }
 
 impl ServeArgs {
@@ -194,6 +198,7 @@ impl ServeArgs {
                 room_size: self.room_size as usize,
                 max_rooms: self.max_rooms,
                 resume_grace: self.resume_grace,
+                max_queued_bytes: self.max_queued_bytes,
                 ice_servers: self
                     .ice_servers
                     .into_iter()
@@ -229,6 +234,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 250ms, 2s, 1m, 1h)"))
 }
 
+/// Byte counts as `1048576`, `512K`, `64M`, `1G` (binary multiples).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, 'K' | 'k')) => (&text[..at], 1usize << 10),
+        Some((at, 'M' | 'm')) => (&text[..at], 1 << 20),
+        Some((at, 'G' | 'g')) => (&text[..at], 1 << 30),
+        _ => (text, 1),
+    };
+    let count: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count (write 1048576, 512K, 64M or 1G)"))?;
+    match count.checked_mul(unit) {
+        Some(0) => Err("must be more than zero".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("{text} is too large")),
+    }
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err("must be longer than zero".into()),
@@ -254,6 +277,18 @@ mod tests {
         assert_eq!(config.join_timeout, Duration::from_secs(10));
         assert!(config.rate_limit.is_some());
         assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.rooms.max_queued_bytes, 268_435_456);
+    }
+
+    #[test]
+    fn byte_counts_take_binary_suffixes() {
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512K"), Ok(512 << 10));
+        assert_eq!(parse_bytes("1G"), Ok(1 << 30));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        for bad in ["", "M", "-1M", "1.5M", "0", "12T", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -137,12 +137,16 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
          switchboard_suspended_members {}\n\
          # HELP switchboard_signals_relayed_total Signals relayed from one peer to another.\n\
          # TYPE switchboard_signals_relayed_total counter\n\
-         switchboard_signals_relayed_total {}\n{}",
+         switchboard_signals_relayed_total {}\n\
+         # HELP switchboard_queued_bytes Bytes held in every outbound, resume and retention queue (bound: --max-queued-bytes).\n\
+         # TYPE switchboard_queued_bytes gauge\n\
+         switchboard_queued_bytes {}\n{}",
         stats.connections,
         stats.rooms,
         stats.members,
         stats.suspended_members,
         stats.signals_relayed,
+        stats.queued_bytes,
         shared.turned_away.metrics()
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)

@@ -20,6 +20,8 @@ pub enum Request<'a> {
         name: Option<DisplayName>,
         resume: Option<String>,
         token: Option<String>,
+        /// v1.1: the highest `seq` the client handled (meaningful only with `resume`).
+        last_seq: Option<u64>,
     },
     /// `signal` is the signal's JSON text exactly as received, already validated.
     Signal {
@@ -43,6 +45,8 @@ struct Envelope<'a> {
     resume: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    last_seq: Option<&'a RawValue>,
     #[serde(borrow, default)]
     to: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -80,7 +84,17 @@ fn parse_join(envelope: &Envelope) -> Result<Request<'static>, Refusal> {
         .transpose()?;
     let resume = optional_string_field("resume", envelope.resume)?.map(Cow::into_owned);
     let token = optional_string_field("token", envelope.token)?.map(Cow::into_owned);
-    Ok(Request::Join { room, name, resume, token })
+    let last_seq = match envelope.last_seq {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => Some(serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+            bad_message(format!(
+                "\"last_seq\" must be a non-negative integer (the highest seq handled), got {}",
+                abbreviate(raw.get())
+            ))
+        })?),
+    };
+    Ok(Request::Join { room, name, resume, token, last_seq })
 }
 
 fn parse_signal<'a>(envelope: &Envelope<'a>) -> Result<Request<'a>, Refusal> {
@@ -297,8 +311,30 @@ mod tests {
                 name: Some(DisplayName::parse("ana").expect("valid")),
                 resume: Some("t0".into()),
                 token: Some("x".into()),
+                last_seq: None,
             })
         );
+    }
+
+    #[test]
+    fn last_seq_is_a_non_negative_integer() {
+        let join = |last_seq: &str| parse_join_with(last_seq);
+        assert!(matches!(join("17"), Ok(Request::Join { last_seq: Some(17), .. })));
+        assert!(matches!(join("0"), Ok(Request::Join { last_seq: Some(0), .. })));
+        assert!(matches!(join("null"), Ok(Request::Join { last_seq: None, .. })));
+        for bad in ["-1", "1.5", "\"3\"", "true", "[]", "1e2", "18446744073709551616"] {
+            assert_eq!(join(bad).map(|_| ()).expect_err(bad).code, ErrorCode::BadMessage, "{bad}");
+        }
+    }
+
+    fn parse_join_with(last_seq: &str) -> Result<Request<'static>, Refusal> {
+        let text = format!(r#"{{"type":"join","room":"r","resume":"t","last_seq":{last_seq}}}"#);
+        parse(&text).map(|request| match request {
+            Request::Join { room, name, resume, token, last_seq } => {
+                Request::Join { room, name, resume, token, last_seq }
+            }
+            _ => Request::Leave,
+        })
     }
 
     #[test]

@@ -1,17 +1,92 @@
-//! A bounded queue of frames waiting to be written to one client.
-//!
-//! The same queue serves two lives of a member: while it is connected it is the connection's
-//! outbound queue (drained by the connection's writer), and while it is suspended (its socket
-//! gone, its grace period running) it holds what the member will get when it resumes. Moving the
-//! queue between the two keeps every frame in order and delivered once.
+//! Outbound frames: their type, what they cost, the server-wide count of queued bytes, and the
+//! small queue a connection has of its own (the `welcome` and the errors before it joins).
+//! A member's numbered messages live in its journal (`rooms/journal.rs`).
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 
 use axum::extract::ws::Utf8Bytes;
 
-/// One outbound WebSocket text frame. Cloning is cheap (reference-counted bytes), so a
-/// broadcast shares one buffer among all recipients.
+/// One outbound WebSocket text frame. Cloning is cheap (reference-counted bytes): the copy a
+/// writer takes and the one the journal retains share one buffer.
 pub type Frame = Utf8Bytes;
+
+/// What a queued frame costs besides its text: the queue slot, the shared-buffer header and the
+/// allocator's rounding. Counted so that a flood of tiny frames cannot hide behind their size.
+pub const FRAME_OVERHEAD: usize = 64;
+
+/// The bytes a queued frame holds, as counted against `--max-queued-bytes`.
+pub fn cost(frame: &Frame) -> usize {
+    frame.len() + FRAME_OVERHEAD
+}
+
+/// The server-wide count of bytes held in every outbound, resume and retention queue, and the
+/// bound on it (`--max-queued-bytes`). One instance, owned by `Rooms`; every queue operation
+/// that adds or drops a frame goes through it.
+#[derive(Debug)]
+pub struct QueuedBytes {
+    bytes: usize,
+    limit: usize,
+}
+
+impl QueuedBytes {
+    pub fn new(limit: usize) -> Self {
+        Self { bytes: 0, limit }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn add(&mut self, size: usize) {
+        self.bytes += size;
+    }
+
+    pub fn sub(&mut self, size: usize) {
+        debug_assert!(size <= self.bytes, "released more queued bytes than were counted");
+        self.bytes = self.bytes.saturating_sub(size);
+    }
+}
+
+/// A server message still open for its number: the JSON object without its closing brace.
+/// [`OpenFrame::stamp`] appends `,"seq":N}`. A relayed signal is built this way outside the
+/// rooms lock with room reserved for the number, so stamping it under the lock writes a few
+/// bytes and never copies or parses the signal again.
+#[derive(Debug, Clone)]
+pub struct OpenFrame(String);
+
+/// `,"seq":` + the longest u64 + `}`.
+const STAMP_ROOM: usize = 7 + 20 + 1;
+
+impl OpenFrame {
+    /// `json` must be a JSON object (`{...}`); it is reopened.
+    pub fn from_object(json: String) -> Self {
+        let mut text = json;
+        debug_assert!(text.ends_with('}'), "not a JSON object: {text}");
+        text.pop();
+        text.reserve_exact(STAMP_ROOM);
+        Self(text)
+    }
+
+    /// Starts a frame of about `len` bytes; complete the object's fields with [`Self::push_str`].
+    pub fn with_capacity(len: usize) -> Self {
+        Self(String::with_capacity(len + STAMP_ROOM))
+    }
+
+    pub fn push_str(&mut self, text: &str) {
+        self.0.push_str(text);
+    }
+
+    /// The finished frame, numbered `seq`.
+    pub fn stamp(mut self, seq: u64) -> Frame {
+        let _ = write!(self.0, r#","seq":{seq}}}"#);
+        Frame::from(self.0)
+    }
+}
 
 /// How much an [`Outbox`] may hold before it counts as overflowing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +101,8 @@ impl Bound {
     }
 }
 
+/// A connection's own queue, before its member's journal takes over: the `welcome` and the
+/// errors answering requests made before a join.
 #[derive(Debug, Default)]
 pub struct Outbox {
     frames: VecDeque<Frame>,
@@ -38,32 +115,33 @@ pub struct Overflow(pub Frame);
 
 impl Outbox {
     /// Appends `frame` unless that would take the queue past `bound`.
-    pub fn push(&mut self, frame: Frame, bound: Bound) -> Result<(), Overflow> {
-        if self.frames.len() >= bound.frames || self.bytes + frame.len() > bound.bytes {
+    pub fn push(&mut self, frame: Frame, bound: Bound, usage: &mut QueuedBytes) -> Result<(), Overflow> {
+        let size = cost(&frame);
+        if self.frames.len() >= bound.frames || self.bytes + size > bound.bytes {
             return Err(Overflow(frame));
         }
-        self.push_unbounded(frame);
+        self.bytes += size;
+        usage.add(size);
+        self.frames.push_back(frame);
         Ok(())
     }
 
-    /// Appends without a bound check: only for frames that were already counted elsewhere
-    /// (a queue moving from a suspended member to its new connection).
-    fn push_unbounded(&mut self, frame: Frame) {
-        self.bytes += frame.len();
-        self.frames.push_back(frame);
+    /// Moves everything queued, oldest first, to `out`; returns its cost.
+    pub fn take_all(&mut self, out: &mut Vec<Frame>, usage: &mut QueuedBytes) -> usize {
+        let taken = std::mem::take(&mut self.bytes);
+        usage.sub(taken);
+        out.extend(self.frames.drain(..));
+        taken
     }
 
-    /// Appends all of `other`, in order, after what this queue holds.
-    pub fn append(&mut self, other: Outbox) {
-        for frame in other.frames {
-            self.push_unbounded(frame);
-        }
+    /// Drops everything queued (its connection is gone).
+    pub fn clear(&mut self, usage: &mut QueuedBytes) {
+        usage.sub(std::mem::take(&mut self.bytes));
+        self.frames.clear();
     }
 
-    /// Takes everything queued, oldest first, leaving the queue empty.
-    pub fn take_all(&mut self) -> Vec<Frame> {
-        self.bytes = 0;
-        Vec::from(std::mem::take(&mut self.frames))
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn len(&self) -> usize {
@@ -79,32 +157,38 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    const SMALL: Bound = Bound { frames: 2, bytes: 10 };
+    const SMALL: Bound = Bound { frames: 2, bytes: 2 * FRAME_OVERHEAD + 10 };
 
     #[test]
-    fn refuses_past_either_bound_and_keeps_order() {
+    fn refuses_past_either_bound_keeps_order_and_counts_every_byte() {
+        let mut usage = QueuedBytes::new(usize::MAX);
         let mut outbox = Outbox::default();
-        outbox.push("abc".into(), SMALL).expect("fits");
-        outbox.push("defg".into(), SMALL).expect("fits");
-        assert!(outbox.push("h".into(), SMALL).is_err(), "frame bound");
+        outbox.push("abc".into(), SMALL, &mut usage).expect("fits");
+        outbox.push("defg".into(), SMALL, &mut usage).expect("fits");
+        assert!(outbox.push("h".into(), SMALL, &mut usage).is_err(), "frame bound");
+        assert_eq!(usage.bytes(), 7 + 2 * FRAME_OVERHEAD);
         let mut bytes_bound = Outbox::default();
-        bytes_bound.push("123456".into(), SMALL).expect("fits");
-        assert!(bytes_bound.push("12345".into(), SMALL).is_err(), "byte bound");
-        let taken: Vec<String> = outbox.take_all().iter().map(|f| f.as_str().to_owned()).collect();
-        assert_eq!(taken, ["abc", "defg"]);
+        bytes_bound.push("123456".into(), SMALL, &mut usage).expect("fits");
+        assert!(bytes_bound.push("12345".into(), SMALL, &mut usage).is_err(), "byte bound");
+        bytes_bound.clear(&mut usage);
+        let mut taken = Vec::new();
+        outbox.take_all(&mut taken, &mut usage);
+        assert_eq!(taken.iter().map(|f| f.as_str()).collect::<Vec<_>>(), ["abc", "defg"]);
         assert!(outbox.is_empty());
-        outbox.push("again".into(), SMALL).expect("bytes were released by take_all");
+        assert_eq!(usage.bytes(), 0);
+        outbox.push("again".into(), SMALL, &mut usage).expect("bytes were released by take_all");
     }
 
     #[test]
-    fn append_keeps_both_queues_in_order() {
-        let mut first = Outbox::default();
-        first.push("1".into(), SMALL).expect("fits");
-        let mut second = Outbox::default();
-        second.push("2".into(), SMALL).expect("fits");
-        second.push("3".into(), SMALL).expect("fits");
-        first.append(second);
-        let taken: Vec<String> = first.take_all().iter().map(|f| f.as_str().to_owned()).collect();
-        assert_eq!(taken, ["1", "2", "3"]);
+    fn an_open_frame_is_stamped_into_valid_json() {
+        let open = OpenFrame::from_object(r#"{"type":"peer_left","id":"a"}"#.to_owned());
+        let frame = open.clone().stamp(u64::MAX);
+        let value: serde_json::Value = serde_json::from_str(frame.as_str()).expect("JSON");
+        assert_eq!(value["seq"], u64::MAX);
+        assert_eq!(value["id"], "a");
+        let mut signal = OpenFrame::with_capacity(40);
+        signal.push_str(r#"{"type":"signal","from":"x","signal":{"type":"candidate","candidate":null}"#);
+        let value: serde_json::Value = serde_json::from_str(signal.stamp(7).as_str()).expect("JSON");
+        assert_eq!((value["seq"].as_u64(), value["signal"]["candidate"].is_null()), (Some(7), true));
     }
 }

@@ -3,23 +3,35 @@
 //! [`Rooms`] is the single owner of every connection's outbound queue, every member and every
 //! room. The WebSocket tasks only parse frames, call in here under one lock, and write out what
 //! [`Rooms::take_outbound`] hands them. Because every delivery happens under that lock, "in the
-//! order sent, exactly once" holds by construction: a frame is in exactly one queue at a time
-//! (a connection's outbox, or a suspended member's resume queue) and queues only ever move
-//! whole, in order.
+//! order sent, exactly once" holds by construction: every message for a member is numbered and
+//! appended to the member's [`Journal`], which outlives the member's sockets; a connection's
+//! writer takes what is pending, a resume moves the journal's cursor (to `last_seq + 1`), and
+//! written messages are retained for a grace period so that a socket that died with them
+//! unread loses nothing (PROTOCOL.md, "Sequence numbers").
+//!
+//! Every queued byte is counted in one [`QueuedBytes`]; a signal that would take it past
+//! `--max-queued-bytes` is refused with `server_busy`.
 
-use std::collections::HashMap;
+mod journal;
+
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::{DisplayName, ErrorCode, IceServer, PeerInfo, RoomName, ServerMessage, Welcome, close_code};
 use tokio::sync::Notify;
 
+pub use self::journal::Journal;
 use crate::admission::Ticket;
 use crate::budget::SharedBudget;
 use crate::ids::{IdSource, PeerId, resume_token};
-use crate::outbox::{Bound, Frame, Outbox, Overflow};
+use crate::outbox::{Bound, Frame, OpenFrame, Outbox, Overflow, QueuedBytes, cost};
 use crate::refusal::Refusal;
 use crate::turn::TurnConfig;
+
+/// A member with more than this waiting to be written is suspended or not reading: what is
+/// queued for it may fill only half of `--max-queued-bytes`.
+const BACKLOG_BYTES: usize = 64 * 1024;
 
 /// For maps keyed by ids only the server makes (see [`Rooms`]'s fields).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -33,9 +45,12 @@ pub struct RoomsConfig {
     pub max_rooms: usize,
     /// How long a member whose socket went away without `leave` keeps its place.
     pub resume_grace: Duration,
-    /// A connected client's outbound queue. Full means the client is not reading: it is closed
-    /// with 1008 and its member is suspended. A suspended member's queue may hold twice this.
+    /// A connected client's pending messages. Full means the client is not reading: it is
+    /// closed with 1008 and its member is suspended. A suspended member's pending messages, and
+    /// a member's whole journal (pending and retained), may hold twice this ([`Self::retention`]).
     pub outbox: Bound,
+    /// Every outbound, resume and retention queue together (`--max-queued-bytes`).
+    pub max_queued_bytes: usize,
     /// Handed to every client in `welcome`.
     pub ice_servers: Vec<IceServer>,
     /// When set, every `welcome` also carries a TURN entry with a credential for that member.
@@ -53,9 +68,18 @@ impl Default for RoomsConfig {
             // waited for a core (seen on a loaded 2-core machine with 1,024). The memory bound
             // is the 1 MiB.
             outbox: Bound { frames: 4096, bytes: 1024 * 1024 },
+            max_queued_bytes: 256 * 1024 * 1024,
             ice_servers: Vec::new(),
             turn: None,
         }
+    }
+}
+
+impl RoomsConfig {
+    /// The bound on a member's journal, pending and written messages together; also the bound
+    /// on what waits for a suspended member.
+    pub fn retention(&self) -> Bound {
+        self.outbox.scaled(2)
     }
 }
 
@@ -94,6 +118,9 @@ impl CloseRequest {
 pub struct Outbound {
     pub frames: Vec<Frame>,
     pub close: Option<CloseRequest>,
+    /// The journal position of the first member message in `frames`. If the write fails, the
+    /// writer hands it to [`Rooms::disconnect`] and those messages are pending again.
+    pub journal_from: Option<u64>,
 }
 
 /// A validated `join`.
@@ -102,6 +129,8 @@ pub struct JoinRequest {
     pub room: RoomName,
     pub name: Option<DisplayName>,
     pub resume: Option<String>,
+    /// With `resume`: the highest `seq` the client handled (v1.1).
+    pub last_seq: Option<u64>,
 }
 
 /// A successful join.
@@ -119,17 +148,26 @@ pub struct Stats {
     pub members: usize,
     pub suspended_members: usize,
     pub signals_relayed: u64,
+    /// Bytes held in every queue (`switchboard_queued_bytes`).
+    pub queued_bytes: usize,
 }
 
 #[derive(Debug)]
 struct Conn {
+    /// The `welcome`, and errors from before the join.
     outbox: Outbox,
     /// Wakes the connection's writer when there is something to take.
     wake: Arc<Notify>,
     member: Option<PeerId>,
+    /// The member this connection served last, kept when it is unlinked for not reading, so
+    /// that a batch its writer could not write is handed out again.
+    served: Option<PeerId>,
     close: Option<CloseRequest>,
     /// The connection's count against the caps; its member takes it over when suspended.
     ticket: Option<Ticket>,
+    /// Cost of the batch the writer took last: it sits in the socket's write buffer (a copy)
+    /// until the writer comes back for more.
+    in_flight: usize,
 }
 
 #[derive(Debug)]
@@ -140,6 +178,9 @@ struct Member {
     link: Link,
     /// Limits that outlive a connection (see [`Rooms::hold_ticket`], [`Rooms::share_budget`]).
     held: Held,
+    journal: Journal,
+    /// True while a retention trim is scheduled for this member (at most one at a time).
+    trim_due: bool,
 }
 
 /// What a member keeps across connections, opaque to the rules: while suspended, the count
@@ -151,15 +192,24 @@ struct Held {
     budget: Option<SharedBudget>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Link {
     Connected(ConnId),
-    /// The socket went away without `leave`: the place is kept until `until`, and what the
-    /// member would have been sent waits in `queue`.
+    /// The socket went away without `leave`: the place is kept until `until`, and the journal
+    /// keeps what the member would have been sent. `from` is the connection it was on.
     Suspended {
         until: Instant,
-        queue: Outbox,
+        from: ConnId,
     },
+}
+
+/// Written messages of `member` up to journal position `written_until` may be dropped at `due`
+/// (a grace period after they were written).
+#[derive(Debug)]
+struct Trim {
+    due: Instant,
+    member: PeerId,
+    written_until: u64,
 }
 
 #[derive(Debug, Default)]
@@ -186,10 +236,16 @@ pub struct Rooms {
     /// (which notifies others) never recurses.
     ending: Vec<PeerId>,
     signals_relayed: u64,
+    /// Every queued byte, against `max_queued_bytes`.
+    queued: QueuedBytes,
+    /// Retention trims, oldest first (every one is scheduled a grace period ahead, so the
+    /// queue is in time order and the sweep looks at its front only).
+    trims: VecDeque<Trim>,
 }
 
 impl Rooms {
     pub fn new(config: RoomsConfig) -> Self {
+        let queued = QueuedBytes::new(config.max_queued_bytes);
         Self {
             config,
             ids: IdSource::new(),
@@ -200,6 +256,8 @@ impl Rooms {
             resume_tokens: HashMap::new(),
             ending: Vec::new(),
             signals_relayed: 0,
+            queued,
+            trims: VecDeque::new(),
         }
     }
 
@@ -211,8 +269,18 @@ impl Rooms {
     pub fn connect(&mut self, wake: Arc<Notify>) -> ConnId {
         self.next_conn += 1;
         let id = ConnId(self.next_conn);
-        self.conns
-            .insert(id, Conn { outbox: Outbox::default(), wake, member: None, close: None, ticket: None });
+        self.conns.insert(
+            id,
+            Conn {
+                outbox: Outbox::default(),
+                wake,
+                member: None,
+                served: None,
+                close: None,
+                ticket: None,
+                in_flight: 0,
+            },
+        );
         id
     }
 
@@ -239,8 +307,19 @@ impl Rooms {
         if connection.member.is_some() {
             return Err(Refusal::new(ErrorCode::AlreadyJoined, "this connection has already joined a room"));
         }
-        if let Some(joined) = self.resumable(&request).and_then(|id| self.resume(conn, id)) {
-            return Ok(joined);
+        if let Some(id) = self.resumable(&request) {
+            match self.resume(conn, &id, request.last_seq) {
+                Some(joined) => return Ok(joined),
+                None => {
+                    // The client needs messages that are no longer retained: it cannot go on
+                    // where it was, so it starts over as a newcomer (PROTOCOL.md), and the old
+                    // member ends as if its grace had run out.
+                    tracing::info!(peer = %id, last_seq = ?request.last_seq, "resume refused: messages after last_seq no longer held");
+                    self.replace_connection(&id);
+                    self.end_member(&id, now);
+                    self.settle(now);
+                }
+            }
         }
         self.join_fresh(conn, request, now)
     }
@@ -274,10 +353,13 @@ impl Rooms {
         let token = resume_token();
         let others = self.rooms.get(&request.room).map(|r| r.members.clone()).unwrap_or_default();
         let peers = self.peer_list(&others);
-        let announcement: Frame =
-            ServerMessage::PeerJoined { peer: PeerInfo { id: id.to_string(), name: name.clone() } }
-                .to_json()
-                .into();
+        let announcement = OpenFrame::from_object(
+            ServerMessage::PeerJoined {
+                peer: PeerInfo { id: id.to_string(), name: name.clone() },
+                seq: None,
+            }
+            .to_json(),
+        );
         self.rooms.entry(request.room.clone()).or_default().members.push(id.clone());
         self.resume_tokens.insert(token.clone(), id.clone());
         self.members.insert(
@@ -288,60 +370,68 @@ impl Rooms {
                 resume_token: token.clone(),
                 link: Link::Connected(conn),
                 held: Held::default(),
+                journal: Journal::default(),
+                trim_due: false,
             },
         );
-        if let Some(connection) = self.conns.get_mut(&conn) {
-            connection.member = Some(id.clone());
-        }
-        self.send_to_conn(conn, self.welcome(&id, &request.room, peers, token, false), now);
+        let welcome = self.welcome(&id, &request.room, peers, token, false, 0);
+        self.link_connection(conn, &id, welcome);
         for other in &others {
-            self.deliver(other, announcement.clone(), now);
+            self.deliver(other, Outgoing::Numbered(announcement.clone()), now);
         }
         self.settle(now);
         Ok(Joined { id, room: request.room, resumed: false })
     }
 
-    fn resume(&mut self, conn: ConnId, id: PeerId) -> Option<Joined> {
+    /// Moves the member `id` onto `conn`, or `None` (changing nothing) when the messages after
+    /// `last_seq` are no longer retained.
+    fn resume(&mut self, conn: ConnId, id: &PeerId, last_seq: Option<u64>) -> Option<Joined> {
+        let member = self.members.get_mut(id)?;
+        let welcome_seq = member.journal.resume(last_seq).ok()?;
         let token = resume_token();
-        let member = self.members.get_mut(&id)?;
         self.resume_tokens.remove(&member.resume_token);
         member.resume_token = token.clone();
         // The new connection counts against the caps now.
         member.held.ticket = None;
-        let backlog = match std::mem::replace(&mut member.link, Link::Connected(conn)) {
-            Link::Suspended { queue, .. } => queue,
-            Link::Connected(old) => match self.conns.get_mut(&old) {
-                // The client came back before its old socket was seen to die: that socket is
-                // replaced, and whatever it had not written yet goes to the new one.
-                Some(old_conn) => {
-                    old_conn.member = None;
-                    old_conn.close = Some(CloseRequest::immediate(close_code::REPLACED, "replaced"));
-                    old_conn.wake.notify_one();
-                    std::mem::take(&mut old_conn.outbox)
-                }
-                None => Outbox::default(),
-            },
-        };
         let room = member.room.clone();
+        self.replace_connection(id);
+        if let Some(member) = self.members.get_mut(id) {
+            member.link = Link::Connected(conn);
+        }
         self.resume_tokens.insert(token.clone(), id.clone());
         let others: Vec<PeerId> = self
             .rooms
             .get(&room)
-            .map(|r| r.members.iter().filter(|m| **m != id).cloned().collect())
+            .map(|r| r.members.iter().filter(|m| *m != id).cloned().collect())
             .unwrap_or_default();
         let peers = self.peer_list(&others);
-        let welcome = self.welcome(&id, &room, peers, token, true);
+        let welcome = self.welcome(id, &room, peers, token, true, welcome_seq);
+        // The welcome goes first (the connection's own queue is written before the journal),
+        // then every pending message, in order.
+        self.link_connection(conn, id, welcome);
+        Some(Joined { id: id.clone(), room, resumed: true })
+    }
+
+    /// A resume from elsewhere: the connection the member is still on (if its death has not
+    /// been noticed yet) is closed with 4000 at once.
+    fn replace_connection(&mut self, id: &PeerId) {
+        let Some(Link::Connected(old)) = self.members.get(id).map(|m| m.link) else { return };
+        if let Some(old_conn) = self.conns.get_mut(&old) {
+            old_conn.member = None;
+            old_conn.close = Some(CloseRequest::immediate(close_code::REPLACED, "replaced"));
+            old_conn.wake.notify_one();
+        }
+    }
+
+    /// `conn` now serves member `id`; `welcome` is the first thing it writes.
+    fn link_connection(&mut self, conn: ConnId, id: &PeerId, welcome: Frame) {
         if let Some(connection) = self.conns.get_mut(&conn) {
             connection.member = Some(id.clone());
-            // The welcome goes first, then everything that waited, in order. The connection's
-            // own queue held at most a few errors from before the join.
-            let mut queue = std::mem::take(&mut connection.outbox);
-            let _ = queue.push(welcome, Bound { frames: usize::MAX, bytes: usize::MAX });
-            queue.append(backlog);
-            connection.outbox = queue;
+            connection.served = Some(id.clone());
+            let unbounded = Bound { frames: usize::MAX, bytes: usize::MAX };
+            let _ = connection.outbox.push(welcome, unbounded, &mut self.queued);
             connection.wake.notify_one();
         }
-        Some(Joined { id, room, resumed: true })
     }
 
     fn peer_list(&self, ids: &[PeerId]) -> Vec<PeerInfo> {
@@ -370,6 +460,7 @@ impl Rooms {
         peers: Vec<PeerInfo>,
         token: String,
         resumed: bool,
+        seq: u64,
     ) -> Frame {
         ServerMessage::Welcome(Welcome {
             id: id.to_string(),
@@ -378,19 +469,22 @@ impl Rooms {
             ice_servers: self.ice_servers_for(id),
             resume_token: token,
             resumed,
+            seq: Some(seq),
         })
         .to_json()
         .into()
     }
 
-    /// Relays an already-built `signal` frame from the member on `conn` to the member `to`.
-    /// `from` is the id the frame names as sender; it must be the one this connection holds.
+    /// Relays an already-built `signal` frame, open for its number, from the member on `conn`
+    /// to the member `to`. `from` is the id the frame names as sender; it must be the one this
+    /// connection holds. Refused with `server_busy` if queuing it would take the server's queued
+    /// bytes over `--max-queued-bytes`.
     pub fn relay(
         &mut self,
         conn: ConnId,
         from: &PeerId,
         to: &str,
-        frame: Frame,
+        frame: OpenFrame,
         now: Instant,
     ) -> Result<(), Refusal> {
         let sender = self.conns.get(&conn).and_then(|c| c.member.as_ref());
@@ -406,7 +500,25 @@ impl Rooms {
                     .about_signal_to(Some(to)));
             }
         };
-        self.deliver(&target, frame, now);
+        let Some(member) = self.members.get(&target) else { return Ok(()) };
+        let frame = frame.stamp(member.journal.next_seq());
+        // A backlog (a member suspended, or not reading) may fill only half of the bound, so
+        // that members who read their sockets always have room, whoever fills the rest.
+        let backlog =
+            matches!(member.link, Link::Suspended { .. }) || member.journal.pending_bytes() > BACKLOG_BYTES;
+        let room_left = if backlog { self.queued.limit() / 2 } else { self.queued.limit() };
+        let size = cost(&frame);
+        if self.queued.bytes() + size > room_left {
+            self.evict_retained(size, room_left);
+        }
+        if self.queued.bytes() + size > room_left {
+            return Err(Refusal::new(
+                ErrorCode::ServerBusy,
+                "the server holds as many queued messages as it may; this signal was not relayed, try again later",
+            )
+            .about_signal_to(Some(to)));
+        }
+        self.deliver(&target, Outgoing::Stamped(frame), now);
         self.signals_relayed += 1;
         self.settle(now);
         Ok(())
@@ -439,29 +551,67 @@ impl Rooms {
     }
 
     /// Everything the connection's writer should write now, and whether to close after it.
-    pub fn take_outbound(&mut self, conn: ConnId) -> Outbound {
-        match self.conns.get_mut(&conn) {
-            Some(connection) => Outbound { frames: connection.outbox.take_all(), close: connection.close },
-            None => Outbound {
+    /// Calling it again means the previous batch has been written (or given up).
+    pub fn take_outbound(&mut self, conn: ConnId, now: Instant) -> Outbound {
+        let Some(connection) = self.conns.get_mut(&conn) else {
+            return Outbound {
                 frames: Vec::new(),
                 close: Some(CloseRequest::immediate(close_code::INTERNAL_ERROR, "gone")),
-            },
+                journal_from: None,
+            };
+        };
+        self.queued.sub(std::mem::take(&mut connection.in_flight));
+        let mut frames = Vec::new();
+        let mut in_flight = connection.outbox.take_all(&mut frames, &mut self.queued);
+        let mut journal_from = None;
+        if let Some(id) = &connection.member
+            && let Some(member) = self.members.get_mut(id)
+            && let Some((from, taken)) = member.journal.take(&mut frames)
+        {
+            journal_from = Some(from);
+            in_flight += taken;
+            if !member.trim_due {
+                member.trim_due = true;
+                let written_until = member.journal.written_until();
+                self.trims.push_back(Trim {
+                    due: now + self.config.resume_grace,
+                    member: id.clone(),
+                    written_until,
+                });
+            }
         }
+        connection.in_flight = in_flight;
+        self.queued.add(in_flight);
+        Outbound { frames, close: connection.close, journal_from }
     }
 
     /// The connection's socket is gone. A member on it without `leave` is suspended for the
-    /// grace period, keeping what it had not been written yet.
-    pub fn disconnect(&mut self, conn: ConnId, now: Instant) {
-        let Some(connection) = self.conns.remove(&conn) else { return };
-        let Some(id) = connection.member else { return };
-        if let Some(member) = self.members.get_mut(&id) {
-            member.link = Link::Suspended { until: now + self.config.resume_grace, queue: connection.outbox };
-            member.held.ticket = connection.ticket;
+    /// grace period; its journal keeps everything. `unwritten_from`: the writer's last batch
+    /// did not surely get out (its write failed), so from that journal position on the
+    /// messages are pending again.
+    pub fn disconnect(&mut self, conn: ConnId, now: Instant, unwritten_from: Option<u64>) {
+        let Some(mut connection) = self.conns.remove(&conn) else { return };
+        self.queued.sub(connection.in_flight);
+        connection.outbox.clear(&mut self.queued);
+        let Some(member) = connection.served.and_then(|id| self.members.get_mut(&id)) else { return };
+        match member.link {
+            Link::Connected(linked) if linked == conn => {
+                member.link = Link::Suspended { until: now + self.config.resume_grace, from: conn };
+                member.held.ticket = connection.ticket;
+            }
+            Link::Suspended { from, .. } if from == conn => {}
+            // Resumed elsewhere meanwhile: the new connection has its own cursor.
+            _ => return,
+        }
+        if let Some(position) = unwritten_from {
+            member.journal.rewind(position);
         }
     }
 
-    /// Ends every suspended member whose grace ran out by `now`.
+    /// Ends every suspended member whose grace ran out by `now`, and drops written messages
+    /// retained for longer than a grace period.
     pub fn expire(&mut self, now: Instant) {
+        self.trim_retained(now);
         let expired = self
             .members
             .iter()
@@ -469,6 +619,41 @@ impl Rooms {
             .map(|(id, _)| id.clone());
         self.ending.extend(expired);
         self.settle(now);
+    }
+
+    /// Under pressure, written messages kept only for a resume with `last_seq` give way to
+    /// messages not delivered yet: whole members' retention is dropped, oldest scheduled first,
+    /// until `size` more bytes fit under `room_left`. (A client that then needs them gets a
+    /// refused resume, as after a long outage; nothing is lost silently.)
+    fn evict_retained(&mut self, size: usize, room_left: usize) {
+        while self.queued.bytes() + size > room_left {
+            let Some(trim) = self.trims.pop_front() else { return };
+            if let Some(member) = self.members.get_mut(&trim.member) {
+                member.journal.trim(u64::MAX, self.config.retention(), &mut self.queued);
+                member.trim_due = false;
+            }
+        }
+    }
+
+    /// Written messages are retained at least a grace period and at most two (a member has one
+    /// trim scheduled at a time; what it wrote after scheduling waits for the next).
+    fn trim_retained(&mut self, now: Instant) {
+        let bound = self.config.retention();
+        while self.trims.front().is_some_and(|trim| trim.due <= now) {
+            let Some(trim) = self.trims.pop_front() else { break };
+            let Some(member) = self.members.get_mut(&trim.member) else { continue };
+            member.journal.trim(trim.written_until, bound, &mut self.queued);
+            if member.journal.retains_written() {
+                let written_until = member.journal.written_until();
+                self.trims.push_back(Trim {
+                    due: now + self.config.resume_grace,
+                    member: trim.member,
+                    written_until,
+                });
+            } else {
+                member.trim_due = false;
+            }
+        }
     }
 
     /// Checks that the indexes agree with each other. For tests and fuzzing: the rules above
@@ -513,6 +698,11 @@ impl Rooms {
         if !self.ending.is_empty() {
             return Err("members left half-ended".into());
         }
+        let counted: usize = self.members.values().map(|m| m.journal.bytes()).sum::<usize>()
+            + self.conns.values().map(|c| c.outbox.bytes() + c.in_flight).sum::<usize>();
+        if counted != self.queued.bytes() {
+            return Err(format!("{} queued bytes counted, {counted} held", self.queued.bytes()));
+        }
         Ok(())
     }
 
@@ -527,6 +717,7 @@ impl Rooms {
                 .filter(|m| matches!(m.link, Link::Suspended { .. }))
                 .count(),
             signals_relayed: self.signals_relayed,
+            queued_bytes: self.queued.bytes(),
         }
     }
 
@@ -535,9 +726,12 @@ impl Rooms {
         self.conns.get(&conn)?.close
     }
 
-    /// True when `request` carries a live resume token for its room.
+    /// True when `request` carries a live resume token for its room and the messages after its
+    /// `last_seq` are still held.
     pub fn can_resume(&self, request: &JoinRequest) -> bool {
-        self.resumable(request).is_some()
+        self.resumable(request)
+            .and_then(|id| self.members.get(&id))
+            .is_some_and(|member| member.journal.can_resume(request.last_seq))
     }
 
     /// The member a connection has joined as, if any.
@@ -548,9 +742,9 @@ impl Rooms {
     fn send_to_conn(&mut self, conn: ConnId, frame: Frame, now: Instant) {
         let Some(connection) = self.conns.get_mut(&conn) else { return };
         match connection.member.clone() {
-            Some(id) => self.deliver(&id, frame, now),
+            Some(id) => self.deliver(&id, Outgoing::Error(frame), now),
             None => {
-                if connection.outbox.push(frame, self.config.outbox).is_ok() {
+                if connection.outbox.push(frame, self.config.outbox, &mut self.queued).is_ok() {
                     connection.wake.notify_one();
                 } else {
                     tracing::warn!(%conn, "outbound queue full before joining; closing");
@@ -560,38 +754,46 @@ impl Rooms {
         }
     }
 
-    /// Puts `frame` in the member's queue: its connection's outbox, or its resume queue while
-    /// suspended. A connection too far behind is closed and the member suspended with its queue;
-    /// a resume queue that overflows ends the member, as if its grace had run out.
-    fn deliver(&mut self, to: &PeerId, frame: Frame, now: Instant) {
+    /// Appends a message to the member's journal. A connection too far behind is closed and
+    /// the member suspended (its journal keeps everything); a suspended member whose pending
+    /// messages overflow ends, as if its grace had run out.
+    fn deliver(&mut self, to: &PeerId, outgoing: Outgoing, now: Instant) {
         let Some(member) = self.members.get_mut(to) else { return };
-        let grace_bound = self.config.outbox.scaled(2);
-        match &mut member.link {
-            Link::Connected(conn_id) => {
-                let conn_id = *conn_id;
-                let Some(conn) = self.conns.get_mut(&conn_id) else { return };
-                let Err(Overflow(frame)) = conn.outbox.push(frame, self.config.outbox) else {
-                    conn.wake.notify_one();
-                    return;
-                };
-                tracing::warn!(peer = %to, conn = %conn_id, queued = conn.outbox.len(),
-                    "client is not reading its socket: closing it (1008), keeping its place for the grace period");
-                conn.close.get_or_insert(CloseRequest::immediate(close_code::POLICY, "not reading"));
-                conn.member = None;
+        let retention = self.config.retention();
+        let (mut frame, numbered) = match outgoing {
+            Outgoing::Numbered(open) => (open.stamp(member.journal.next_seq()), true),
+            Outgoing::Stamped(frame) => (frame, true),
+            Outgoing::Error(frame) => (frame, false),
+        };
+        let push = |journal: &mut Journal, frame: Frame, bound: Bound, usage: &mut QueuedBytes| {
+            let pushed = if numbered {
+                journal.push_numbered(frame, bound, usage)
+            } else {
+                journal.push_error(frame, bound, usage)
+            };
+            // Retention never takes the journal past its bound: written messages go first.
+            journal.trim(0, retention, usage);
+            pushed
+        };
+        if let Link::Connected(conn_id) = member.link {
+            let Some(conn) = self.conns.get_mut(&conn_id) else { return };
+            let Err(Overflow(back)) = push(&mut member.journal, frame, self.config.outbox, &mut self.queued)
+            else {
                 conn.wake.notify_one();
-                member.held.ticket.clone_from(&conn.ticket);
-                let mut queue = std::mem::take(&mut conn.outbox);
-                if queue.push(frame, grace_bound).is_err() {
-                    self.ending.push(to.clone());
-                }
-                member.link = Link::Suspended { until: now + self.config.resume_grace, queue };
-            }
-            Link::Suspended { queue, .. } => {
-                if queue.push(frame, grace_bound).is_err() {
-                    tracing::info!(peer = %to, "resume queue overflowed: ending the suspended member");
-                    self.ending.push(to.clone());
-                }
-            }
+                return;
+            };
+            tracing::warn!(peer = %to, conn = %conn_id, queued = member.journal.pending_frames(),
+                "client is not reading its socket: closing it (1008), keeping its place for the grace period");
+            conn.close.get_or_insert(CloseRequest::immediate(close_code::POLICY, "not reading"));
+            conn.member = None;
+            conn.wake.notify_one();
+            member.held.ticket.clone_from(&conn.ticket);
+            member.link = Link::Suspended { until: now + self.config.resume_grace, from: conn_id };
+            frame = back;
+        }
+        if push(&mut member.journal, frame, retention, &mut self.queued).is_err() {
+            tracing::info!(peer = %to, "resume queue overflowed: ending the suspended member");
+            self.ending.push(to.clone());
         }
     }
 
@@ -603,7 +805,8 @@ impl Rooms {
 
     /// Removes the member everywhere and tells the rest of its room.
     fn end_member(&mut self, id: &PeerId, now: Instant) {
-        let Some(member) = self.members.remove(id) else { return };
+        let Some(mut member) = self.members.remove(id) else { return };
+        member.journal.clear(&mut self.queued);
         self.resume_tokens.remove(&member.resume_token);
         if let Link::Connected(conn) = member.link
             && let Some(connection) = self.conns.get_mut(&conn)
@@ -617,11 +820,23 @@ impl Rooms {
             return;
         }
         let remaining = room.members.clone();
-        let farewell: Frame = ServerMessage::PeerLeft { id: id.to_string() }.to_json().into();
+        let farewell =
+            OpenFrame::from_object(ServerMessage::PeerLeft { id: id.to_string(), seq: None }.to_json());
         for other in &remaining {
-            self.deliver(other, farewell.clone(), now);
+            self.deliver(other, Outgoing::Numbered(farewell.clone()), now);
         }
     }
+}
+
+/// A message on its way into a member's journal.
+enum Outgoing {
+    /// Numbered when queued (`peer_joined`, `peer_left`).
+    Numbered(OpenFrame),
+    /// Already numbered with the member's next seq (a relayed signal, checked against the
+    /// server's bound first).
+    Stamped(Frame),
+    /// An `error` for the member's current connection.
+    Error(Frame),
 }
 
 pub mod exercise;

@@ -3,6 +3,7 @@
 //! beyond what a single connection needs; the rules live in `rooms.rs`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -18,6 +19,7 @@ use crate::budget::{SharedBudget, Verdict};
 use crate::grant;
 use crate::ids::PeerId;
 use crate::inbound::{self, Request};
+use crate::outbox::OpenFrame;
 use crate::refusal::Refusal;
 use crate::rooms::{CloseRequest, ConnId, JoinRequest};
 use crate::state::Shared;
@@ -38,11 +40,12 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
     async move {
         // Whatever path ends this function, the connection's membership is suspended (or
         // dropped, if it never joined) exactly once.
-        let _membership = DisconnectOnDrop { shared: &shared, conn };
+        let mut membership = DisconnectOnDrop { shared: &shared, conn, unwritten_from: None };
         let (sink, mut stream) = socket.split();
+        let unconfirmed = Unconfirmed(AtomicU64::new(Unconfirmed::NONE));
         let ended = {
             let reader = Reader::new(&shared, conn).run(&mut stream);
-            let writer = write_loop(sink, &shared, conn, &wake);
+            let writer = write_loop(sink, &shared, conn, &wake, &unconfirmed);
             tokio::pin!(reader, writer);
             tokio::select! {
                 end = &mut reader => match end {
@@ -54,6 +57,7 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
                 end = &mut writer => end,
             }
         };
+        membership.unwritten_from = unconfirmed.get();
         if ended == WriteEnd::CloseSent {
             // Closing handshake: read on until the client's close, so that unread input does
             // not make the kernel reset the connection before the client reads our close frame.
@@ -79,11 +83,14 @@ fn is_leave(message: &Message) -> bool {
 struct DisconnectOnDrop<'a> {
     shared: &'a Shared,
     conn: ConnId,
+    /// Set when the writer's last batch failed: from this journal position on, its messages
+    /// are handed out again on the member's next connection.
+    unwritten_from: Option<u64>,
 }
 
 impl Drop for DisconnectOnDrop<'_> {
     fn drop(&mut self) {
-        self.shared.rooms().disconnect(self.conn, Instant::now());
+        self.shared.rooms().disconnect(self.conn, Instant::now(), self.unwritten_from);
     }
 }
 
@@ -92,6 +99,23 @@ enum WriteEnd {
     CloseSent,
     /// The socket failed, or was abandoned because its client does not read.
     Dropped,
+}
+
+/// The journal position of the batch the writer is writing, until its flush succeeds. If the
+/// connection ends first, however it ends, that batch did not surely get out.
+#[derive(Debug)]
+struct Unconfirmed(AtomicU64);
+
+impl Unconfirmed {
+    const NONE: u64 = u64::MAX;
+
+    fn set(&self, position: Option<u64>) {
+        self.0.store(position.unwrap_or(Self::NONE), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|p| *p != Self::NONE)
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -218,8 +242,8 @@ impl<'a> Reader<'a> {
     fn on_text(&mut self, text: &str, now: Instant) -> Option<ReadEnd> {
         match inbound::parse(text) {
             Err(refusal) => self.refuse(refusal),
-            Ok(Request::Join { room, name, resume, token }) => {
-                return self.join(room, name, resume, token, now);
+            Ok(Request::Join { room, name, resume, token, last_seq }) => {
+                return self.join(JoinRequest { room, name, resume, last_seq }, token, now);
             }
             Ok(Request::Signal { to, signal }) => self.relay(&to, signal, now),
             Ok(Request::Leave) => {
@@ -238,14 +262,7 @@ impl<'a> Reader<'a> {
         None
     }
 
-    fn join(
-        &mut self,
-        room: protocol::RoomName,
-        name: Option<protocol::DisplayName>,
-        resume: Option<String>,
-        token: Option<String>,
-        now: Instant,
-    ) -> Option<ReadEnd> {
+    fn join(&mut self, request: JoinRequest, token: Option<String>, now: Instant) -> Option<ReadEnd> {
         if self.member.is_some() {
             self.refuse(Refusal::new(ErrorCode::AlreadyJoined, "this connection has already joined a room"));
             return None;
@@ -253,10 +270,10 @@ impl<'a> Reader<'a> {
         let grant = match &self.shared.config.token_secret {
             None => Ok(()),
             Some(secret) => {
-                grant::verify(secret, token.as_deref(), &room, name.as_ref(), std::time::SystemTime::now())
+                let (room, name) = (&request.room, request.name.as_ref());
+                grant::verify(secret, token.as_deref(), room, name, std::time::SystemTime::now())
             }
         };
-        let request = JoinRequest { room, name, resume };
         let mut rooms = self.shared.rooms();
         // A resume within grace needs no room token: the resume token already proves membership.
         if let Err(reason) = grant
@@ -273,6 +290,8 @@ impl<'a> Reader<'a> {
                 drop(rooms);
                 tracing::info!(peer = %joined.id, room = %joined.room, resumed = joined.resumed, "joined");
                 let from = serde_json::to_string(joined.id.as_str()).unwrap_or_default();
+                // A relayed signal is this prefix, the sender's signal text, then its number
+                // (stamped under the rooms lock, where the recipient's next seq is known).
                 let prefix = format!(r#"{{"type":"signal","from":{from},"signal":"#);
                 self.member = Some((joined.id, prefix));
             }
@@ -292,11 +311,10 @@ impl<'a> Reader<'a> {
             );
             return;
         };
-        let mut frame = String::with_capacity(prefix.len() + signal.len() + 1);
+        let mut frame = OpenFrame::with_capacity(prefix.len() + signal.len());
         frame.push_str(prefix);
         frame.push_str(signal);
-        frame.push('}');
-        let result = self.shared.rooms().relay(self.conn, from, to, Utf8Bytes::from(frame), now);
+        let result = self.shared.rooms().relay(self.conn, from, to, frame, now);
         if let Err(refusal) = result {
             self.refuse(refusal);
         }
@@ -353,6 +371,7 @@ async fn write_loop(
     shared: &Shared,
     conn: ConnId,
     wake: &Notify,
+    unconfirmed: &Unconfirmed,
 ) -> WriteEnd {
     let mut ping = tokio::time::interval(shared.config.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -376,9 +395,10 @@ async fn write_loop(
                 }
             }
         }
-        let outbound = shared.rooms().take_outbound(conn);
+        let outbound = shared.rooms().take_outbound(conn, Instant::now());
         just_wrote = !outbound.frames.is_empty();
         if just_wrote {
+            unconfirmed.set(outbound.journal_from);
             // Several frames queued at once go out in one flush: one syscall, not one each.
             let write = async {
                 for frame in outbound.frames {
@@ -394,6 +414,7 @@ async fn write_loop(
             if !written {
                 return WriteEnd::Dropped;
             }
+            unconfirmed.set(None);
         }
         if let Some(close) = outbound.close {
             return send_close(&mut sink, close).await;

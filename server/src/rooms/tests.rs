@@ -16,6 +16,7 @@ fn request(room: &str, name: Option<&str>, resume: Option<&str>) -> JoinRequest 
         room: RoomName::parse(room).expect("valid room"),
         name: name.map(|n| DisplayName::parse(n).expect("valid name")),
         resume: resume.map(str::to_owned),
+        last_seq: None,
     }
 }
 
@@ -33,7 +34,12 @@ fn join(rooms: &mut Rooms, room: &str, name: &str, now: Instant) -> Client {
 
 /// Everything written to the connection so far, parsed.
 fn drain(rooms: &mut Rooms, conn: ConnId) -> Vec<Value> {
-    rooms.take_outbound(conn).frames.iter().map(|f| serde_json::from_str(f.as_str()).expect("JSON")).collect()
+    rooms
+        .take_outbound(conn, Instant::now())
+        .frames
+        .iter()
+        .map(|f| serde_json::from_str(f.as_str()).expect("JSON"))
+        .collect()
 }
 
 fn types(messages: &[Value]) -> Vec<&str> {
@@ -45,8 +51,8 @@ fn resume_token_of(messages: &[Value]) -> String {
     welcome["resume_token"].as_str().expect("token").to_owned()
 }
 
-fn signal(n: usize) -> Frame {
-    format!(r#"{{"type":"signal","from":"x","signal":{{"n":{n}}}}}"#).into()
+fn signal(n: usize) -> OpenFrame {
+    OpenFrame::from_object(format!(r#"{{"type":"signal","from":"x","signal":{{"n":{n}}}}}"#))
 }
 
 #[test]
@@ -141,7 +147,7 @@ fn leave_tells_the_room_at_once_and_closes_normally() {
     let to_ana = drain(&mut rooms, ana.conn);
     assert_eq!(types(&to_ana), ["peer_left"]);
     assert_eq!(to_ana[0]["id"], bob.id.as_str());
-    assert_eq!(rooms.take_outbound(bob.conn).close.map(|c| c.code), Some(1000));
+    assert_eq!(rooms.take_outbound(bob.conn, Instant::now()).close.map(|c| c.code), Some(1000));
     rooms.leave(ana.conn, now).expect("joined");
     assert_eq!(rooms.stats().rooms, 0);
 }
@@ -153,7 +159,7 @@ fn a_dropped_member_resumes_with_its_id_and_everything_queued_in_order() {
     let ana = join(&mut rooms, "r", "ana", start);
     let bob = join(&mut rooms, "r", "bob", start);
     let token = resume_token_of(&drain(&mut rooms, bob.conn));
-    rooms.disconnect(bob.conn, start);
+    rooms.disconnect(bob.conn, start, None);
     for n in 0..5 {
         rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), start).expect("queued for bob");
     }
@@ -195,7 +201,7 @@ fn grace_expiry_ends_the_member_and_its_token() {
     let bob = join(&mut rooms, "r", "bob", start);
     let token = resume_token_of(&drain(&mut rooms, bob.conn));
     drain(&mut rooms, ana.conn);
-    rooms.disconnect(bob.conn, start);
+    rooms.disconnect(bob.conn, start, None);
     rooms.expire(start + Duration::from_millis(1999));
     assert!(drain(&mut rooms, ana.conn).is_empty());
     rooms.expire(start + Duration::from_secs(2));
@@ -217,12 +223,12 @@ fn a_resume_while_the_old_socket_is_open_replaces_it() {
     rooms.relay(bob.conn, &bob.id, ana.id.as_str(), signal(7), now).expect("delivered");
     let second = rooms.connect(Arc::new(Notify::new()));
     rooms.join(second, request("r", None, Some(&token)), now).expect("resumes");
-    let old = rooms.take_outbound(ana.conn);
+    let old = rooms.take_outbound(ana.conn, Instant::now());
     assert!(old.frames.is_empty(), "unwritten frames moved to the new socket");
     assert_eq!(old.close.map(|c| c.code), Some(4000));
     assert_eq!(types(&drain(&mut rooms, second)), ["welcome", "peer_joined", "signal"]);
     // The old socket's end does not suspend the member that moved on.
-    rooms.disconnect(ana.conn, now);
+    rooms.disconnect(ana.conn, now, None);
     assert_eq!(rooms.stats().suspended_members, 0);
 }
 
@@ -237,12 +243,12 @@ fn a_client_that_does_not_read_is_closed_and_keeps_its_place() {
     for n in 0..5 {
         rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), now).expect("accepted");
     }
-    let kicked = rooms.take_outbound(bob.conn);
+    let kicked = rooms.take_outbound(bob.conn, Instant::now());
     assert_eq!(kicked.close.map(|c| (c.code, c.immediate)), Some((1008, true)));
     assert!(kicked.frames.is_empty());
     assert_eq!(rooms.stats().suspended_members, 1);
     // Nothing was lost: the resume gets all five.
-    rooms.disconnect(bob.conn, now);
+    rooms.disconnect(bob.conn, now, None);
     let back = rooms.connect(Arc::new(Notify::new()));
     rooms.join(back, request("r", None, Some(&token)), now).expect("resumes");
     assert_eq!(drain(&mut rooms, back).len(), 6);
@@ -257,7 +263,7 @@ fn an_overflowing_resume_queue_ends_the_member() {
     let bob = join(&mut rooms, "r", "bob", now);
     drain(&mut rooms, ana.conn);
     drain(&mut rooms, bob.conn);
-    rooms.disconnect(bob.conn, now);
+    rooms.disconnect(bob.conn, now, None);
     for n in 0..4 {
         rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), now).expect("queued");
     }
@@ -268,6 +274,153 @@ fn an_overflowing_resume_queue_ends_the_member() {
     );
     assert_eq!(types(&drain(&mut rooms, ana.conn)), ["peer_left"]);
     assert_eq!(rooms.stats().members, 1);
+}
+
+fn resume_request(token: &str, last_seq: Option<u64>) -> JoinRequest {
+    JoinRequest { last_seq, ..request("r", None, Some(token)) }
+}
+
+fn seqs(messages: &[Value]) -> Vec<u64> {
+    messages.iter().filter_map(|m| m["seq"].as_u64()).collect()
+}
+
+#[test]
+fn every_peer_joined_peer_left_and_signal_is_numbered_per_member() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    rooms.relay(bob.conn, &bob.id, ana.id.as_str(), signal(1), now).expect("same room");
+    let cy = join(&mut rooms, "r", "cy", now);
+    rooms.leave(cy.conn, now).expect("joined");
+    let to_ana = drain(&mut rooms, ana.conn);
+    assert_eq!(types(&to_ana), ["welcome", "peer_joined", "signal", "peer_joined", "peer_left"]);
+    assert_eq!(to_ana[0]["seq"], 0, "a fresh welcome");
+    assert_eq!(seqs(&to_ana[1..]), [1, 2, 3, 4]);
+    // Bob has his own counter; errors take no number.
+    rooms.refuse(bob.conn, &Refusal::new(ErrorCode::BadJson, "x"), now);
+    let to_bob = drain(&mut rooms, bob.conn);
+    assert_eq!(types(&to_bob), ["welcome", "peer_joined", "peer_left", "error"]);
+    assert_eq!(seqs(&to_bob), [0, 1, 2]);
+}
+
+#[test]
+fn a_resume_with_last_seq_gets_exactly_what_its_client_did_not_handle() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    let token = resume_token_of(&drain(&mut rooms, bob.conn));
+    for n in 1..=4 {
+        rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), now).expect("delivered");
+    }
+    // All four were written to bob's socket, which died before his client read the last two.
+    assert_eq!(seqs(&drain(&mut rooms, bob.conn)), [1, 2, 3, 4]);
+    rooms.disconnect(bob.conn, now, None);
+    rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(5), now).expect("queued");
+    let back = rooms.connect(Arc::new(Notify::new()));
+    rooms.join(back, resume_request(&token, Some(2)), now).expect("resumes");
+    let messages = drain(&mut rooms, back);
+    assert_eq!(types(&messages), ["welcome", "signal", "signal", "signal"]);
+    assert_eq!(
+        (messages[0]["resumed"].clone(), messages[0]["seq"].clone()),
+        (Value::from(true), Value::from(2))
+    );
+    assert_eq!(seqs(&messages[1..]), [3, 4, 5]);
+    assert!(drain(&mut rooms, back).is_empty(), "once");
+    rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(6), now).expect("delivered");
+    assert_eq!(seqs(&drain(&mut rooms, back)), [6], "the counter goes on");
+}
+
+#[test]
+fn a_v1_resume_gets_what_was_not_written_and_a_failed_write_counts_as_not_written() {
+    let mut rooms = rooms();
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    let token = resume_token_of(&drain(&mut rooms, bob.conn));
+    rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(1), now).expect("delivered");
+    assert_eq!(seqs(&drain(&mut rooms, bob.conn)), [1]);
+    rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(2), now).expect("delivered");
+    let batch = rooms.take_outbound(bob.conn, now);
+    assert_eq!(batch.frames.len(), 1);
+    // The writer's flush of seq 2 failed: the socket died.
+    rooms.disconnect(bob.conn, now, batch.journal_from);
+    let back = rooms.connect(Arc::new(Notify::new()));
+    rooms.join(back, resume_request(&token, None), now).expect("resumes");
+    let messages = drain(&mut rooms, back);
+    assert_eq!(messages[0]["seq"], 1);
+    assert_eq!(seqs(&messages[1..]), [2]);
+}
+
+#[test]
+fn a_resume_asking_for_messages_no_longer_held_starts_over() {
+    let grace = Duration::from_secs(2);
+    let mut rooms = rooms_with(RoomsConfig { resume_grace: grace, ..RoomsConfig::default() });
+    let start = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", start);
+    let bob = join(&mut rooms, "r", "bob", start);
+    let token = resume_token_of(&drain(&mut rooms, bob.conn));
+    rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(1), start).expect("delivered");
+    drain(&mut rooms, bob.conn);
+    drain(&mut rooms, ana.conn);
+    // Written messages are kept at least one grace period, at most two.
+    rooms.expire(start + grace);
+    assert!(rooms.can_resume(&resume_request(&token, Some(0))), "still held after one grace");
+    rooms.expire(start + grace * 2);
+    assert!(!rooms.can_resume(&resume_request(&token, Some(0))));
+    assert!(rooms.can_resume(&resume_request(&token, Some(1))), "nothing needed is missing");
+    let back = rooms.connect(Arc::new(Notify::new()));
+    let joined = rooms.join(back, resume_request(&token, Some(0)), start + grace * 2).expect("joins");
+    assert!(!joined.resumed);
+    assert_ne!(joined.id, bob.id, "a new id, as for an expired token");
+    let welcome = drain(&mut rooms, back);
+    assert_eq!(
+        (welcome[0]["resumed"].clone(), welcome[0]["seq"].clone()),
+        (Value::from(false), Value::from(0))
+    );
+    // The old bob is gone: his old socket is replaced and ana sees him leave, then the new one.
+    assert_eq!(rooms.take_outbound(bob.conn, start).close.map(|c| c.code), Some(4000));
+    let to_ana = drain(&mut rooms, ana.conn);
+    assert_eq!(types(&to_ana), ["peer_left", "peer_joined"]);
+    assert_eq!(to_ana[0]["id"], bob.id.as_str());
+    rooms.check_invariants().expect("consistent");
+}
+
+#[test]
+fn a_signal_over_the_server_wide_bound_is_refused_with_server_busy_and_readers_keep_their_half() {
+    let mut rooms = rooms_with(RoomsConfig { max_queued_bytes: 8192, ..RoomsConfig::default() });
+    let now = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", now);
+    let bob = join(&mut rooms, "r", "bob", now);
+    drain(&mut rooms, ana.conn);
+    drain(&mut rooms, bob.conn);
+    rooms.disconnect(bob.conn, now, None);
+    let mut refused = None;
+    for n in 0..100 {
+        if let Err(refusal) = rooms.relay(ana.conn, &ana.id, bob.id.as_str(), signal(n), now) {
+            refused = Some((n, refusal));
+            break;
+        }
+    }
+    let (n, refusal) = refused.expect("the bound is reached");
+    assert_eq!((refusal.code, refusal.to.as_deref()), (ErrorCode::ServerBusy, Some(bob.id.as_str())));
+    assert!(rooms.stats().queued_bytes <= 4096, "a suspended member's backlog fills half the bound");
+    // Memberships still change: a peer_joined is always queued.
+    let cy = join(&mut rooms, "r", "cy", now);
+    let to_ana = drain(&mut rooms, ana.conn);
+    assert_eq!(types(&to_ana), ["peer_joined"]);
+    assert_eq!(to_ana[0]["peer"]["id"], cy.id.as_str());
+    drain(&mut rooms, cy.conn);
+    // A member who reads is served from the other half; what it was written and is only
+    // retained for a resume gives way when the bound is reached.
+    for n in 0..100 {
+        rooms.relay(ana.conn, &ana.id, cy.id.as_str(), signal(n), now).expect("a reader is served");
+        assert_eq!(drain(&mut rooms, cy.conn).len(), 1);
+        assert!(rooms.stats().queued_bytes <= 8192);
+    }
+    rooms.check_invariants().expect("counted exactly");
+    assert!(n > 5, "the first signals fit");
 }
 
 #[test]
@@ -311,7 +464,7 @@ fn every_welcome_a_resumed_one_too_carries_a_turn_credential_for_that_member() {
     let start = Instant::now();
     let ana = join(&mut rooms, "r", "ana", start);
     let first = drain(&mut rooms, ana.conn);
-    rooms.disconnect(ana.conn, start);
+    rooms.disconnect(ana.conn, start, None);
     let back = rooms.connect(Arc::new(Notify::new()));
     rooms.join(back, request("r", None, Some(&resume_token_of(&first))), start).expect("resumes");
     let resumed = drain(&mut rooms, back);

@@ -46,6 +46,10 @@ impl ServerProcess {
         Self { child, addr }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("addr has a port")
     }
