@@ -21,7 +21,13 @@ pub struct CuttingProxy {
 impl CuttingProxy {
     /// Listens on a free loopback port and forwards every connection to `upstream`.
     pub async fn start(upstream: SocketAddr) -> CuttingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy: cannot bind");
+        CuttingProxy::start_on("127.0.0.1:0", upstream).await
+    }
+
+    /// [`CuttingProxy::start`] listening on `bind` (e.g. a [`crate::SplitNetwork`]'s service
+    /// address, for clients in its side namespaces).
+    pub async fn start_on(bind: &str, upstream: SocketAddr) -> CuttingProxy {
+        let listener = TcpListener::bind(bind).await.expect("proxy: cannot bind");
         let addr = listener.local_addr().expect("proxy: no local address");
         let open = Arc::new(AtomicBool::new(true));
         let (cuts, _) = watch::channel(0_u64);
@@ -62,7 +68,7 @@ impl CuttingProxy {
         CuttingProxy { addr, open, cuts, accept }
     }
 
-    /// `http://127.0.0.1:PORT`: where a client should connect instead of the server.
+    /// `http://IP:PORT`: where a client should connect instead of the server.
     pub fn http_url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tests::browser::{Browser, web_dir};
 use tests::coturn::Coturn;
+use tests::proxy::CuttingProxy;
 use tests::{Peer, SERVICE_ADDR, Server, SplitNetwork, isolated};
 
 const SECRET: &str = "turn-test-secret";
@@ -241,6 +242,36 @@ fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn() {
             assert!(path.as_str().is_some_and(|p| p.starts_with("relay ↔ relay")), "{path}");
         }
         page.close().await;
+    });
+}
+
+/// A resumed `welcome` carries a fresh credential, and a connection made after it uses that one:
+/// with `--turn-ttl 4s`, Ana's first credential has expired when Bob arrives, but she resumed
+/// in between (her signaling was cut), so she and Bob connect through the relay.
+#[test]
+fn a_connection_after_a_resume_uses_the_fresh_credential() {
+    isolated(|| async {
+        let relay = Relay::start(SECRET, &["--turn-ttl", "4s"]).await;
+        let proxy = CuttingProxy::start_on(&format!("{SERVICE_ADDR}:0"), relay.server.addr()).await;
+        let url = format!("{}/ws", proxy.http_url().replacen("http://", "ws://", 1));
+        let mut ana = Peer::spawn_via(
+            &relay.net.a.launcher(),
+            &url,
+            &["--room", "r", "--name", "ana", "--relay-only", "--send", "hi bob"],
+        )
+        .await;
+        ana.joined().await;
+        // Past the first credential's expiry (whole seconds after the welcome).
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        proxy.cut();
+        proxy.restore();
+        let resumed = ana.wait_for("the resumed welcome", |e| is(e, "welcome") && e["resumed"] == true).await;
+        let ana_id = resumed["id"].as_str().unwrap_or_default().to_string();
+        let mut bob = relay.peer_in_b(&["--room", "r", "--name", "bob", "--relay-only"]).await;
+        let bob_id = bob.joined().await;
+        bob.wait_message(&ana_id, "hi bob").await;
+        assert_relayed(&mut ana, &bob_id).await;
+        ana.assert_none("error", |e| is(e, "error"));
     });
 }
 
