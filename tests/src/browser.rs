@@ -611,7 +611,7 @@ async fn launch(
                 "moz:firefoxOptions".into(),
                 json!({
                     "binary": browser.to_string_lossy(),
-                    "args": ["-headless", "-width", width.to_string(), "-height", height.to_string()],
+                    "args": ["-headless"],
                     "prefs": firefox_prefs(),
                     // Remote settings would otherwise be fetched from the network at start.
                     "env": { "MOZ_REMOTE_SETTINGS_DEVTOOLS": "1" },
@@ -637,7 +637,7 @@ async fn launch(
         Ok(Ok(client)) => {
             let mut started = Browser { kind, label: label.to_string(), client, driver, profile, log };
             if kind == BrowserKind::Firefox {
-                // `-width`/`-height` size the screen; the window follows it only roughly.
+                // Firefox takes no window size on its command line.
                 if let Err(e) = started.client.set_window_size(width, height).await {
                     let why = format!("cannot size the window: {e}");
                     started.close_quietly().await;
@@ -698,6 +698,11 @@ return {
     `${e.dataset.peerId} channel=${e.dataset.channel} connection=${e.dataset.connection}`),
   transfers: [...document.querySelectorAll('[data-file-name]')].map(e =>
     `${e.dataset.fileDirection} ${e.dataset.fileName} ${e.dataset.fileState}: ${e.querySelector('.transfer-status')?.textContent ?? ''}`),
+  videos: [...document.querySelectorAll('video')].map(v =>
+    `${v.dataset.peerVideo ?? (v.hasAttribute('data-self-video') ? 'self' : '?')}: ${v.videoWidth}x${v.videoHeight} ` +
+    `paused=${v.paused} muted=${v.muted} readyState=${v.readyState} ` +
+    `frames=${v.getVideoPlaybackQuality?.().totalVideoFrames} ` +
+    `tracks=${v.srcObject ? v.srcObject.getTracks().map(t => `${t.kind}:${t.readyState}${t.muted ? '(muted)' : ''}`).join(',') : 'none'}`),
   log: [...document.querySelectorAll('#log > li')].map(e =>
     e.dataset.chatFrom ? `${e.dataset.chatFrom}: ${e.querySelector('[data-chat-text]').textContent}` : `-- ${e.textContent}`),
 };

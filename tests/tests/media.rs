@@ -1,6 +1,8 @@
-//! Calls with real media: headless Chromium with its fake camera and microphone
-//! (`--use-fake-device-for-media-stream`), the real Rust `peer` with its media flags, the real
-//! server, each test in its own loopback-only network namespace.
+//! Calls with real media: headless Chromium and Firefox ESR with their fake cameras and
+//! microphones (`--use-fake-device-for-media-stream`, `media.navigator.streams.fake`), the real
+//! Rust `peer` with its media flags, the real server, each test in its own loopback-only network
+//! namespace. Every page test runs in each browser (`NAME::chromium`, `NAME::firefox`); the
+//! page-to-page call in each ordered pair (`NAME::firefox_chromium` ...).
 //!
 //! What is checked is what a person would notice: the other side's video plays (its decoded
 //! frame count advances), the recording decodes (with Debian's `ffmpeg`) to the camera's size,
@@ -11,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use tests::browser::{Browser, start_server_with_page};
-use tests::{Peer, isolated};
+use tests::browser::{Browser, BrowserKind, start_server_with_page};
+use tests::{Peer, in_each_browser, in_each_browser_pair, isolated};
 
 /// The console line peer.js writes when a description or candidate cannot be applied, e.g.
 /// Chromium's "Failed to set SSL role for the transport" for an answer that flips the DTLS role.
@@ -61,42 +63,40 @@ async fn chat_round_trip(page: &Browser, page_id: &str, rusty: &mut Peer, rusty_
     page.wait_line(rusty_id, &to_page).await;
 }
 
+in_each_browser!(page_renegotiates_camera_on_and_off_with_a_rust_peer_and_chat_keeps_working);
 /// The Rust peer joins after the page, so it makes the first offer and the page's answer makes
 /// it the DTLS server. Each camera toggle is then a re-offer from the page that the Rust peer
 /// answers: an answer that flipped the DTLS role was refused by Chromium ("Failed to set SSL role
 /// for the transport") and every later renegotiation failed. A peer without media flags keeps
 /// chatting through all of it.
-#[test]
-fn page_renegotiates_camera_on_and_off_with_a_rust_peer_and_chat_keeps_working() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let page = Browser::start("page").await;
-        let page_id = page.join(&server, "reneg", "page").await;
-        let mut rusty = Peer::spawn(&server, &["--room", "reneg", "--name", "rusty"]).await;
-        let rusty_id = rusty.joined().await;
-        page.wait_connected(&rusty_id).await;
-        chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "before").await;
+async fn page_renegotiates_camera_on_and_off_with_a_rust_peer_and_chat_keeps_working(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let page = Browser::start_kind(kind, "page").await;
+    let page_id = page.join(&server, "reneg", "page").await;
+    let mut rusty = Peer::spawn(&server, &["--room", "reneg", "--name", "rusty"]).await;
+    let rusty_id = rusty.joined().await;
+    page.wait_connected(&rusty_id).await;
+    chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "before").await;
 
-        // Each toggle is one more completed exchange; a refused answer leaves the page waiting in
-        // have-local-offer, and the count stuck.
-        for round in 0..2 {
-            let before = negotiations(&page, &rusty_id).await;
-            toggle(&page, "#camera", true).await;
-            page.wait_for_css("own preview", "video[data-self-video]").await;
-            wait_negotiated(&page, &rusty_id, before).await;
-            chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, &format!("camera on {round}")).await;
-            let before = negotiations(&page, &rusty_id).await;
-            toggle(&page, "#camera", false).await;
-            wait_negotiated(&page, &rusty_id, before).await;
-            chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, &format!("camera off {round}")).await;
-        }
+    // Each toggle is one more completed exchange; a refused answer leaves the page waiting in
+    // have-local-offer, and the count stuck.
+    for round in 0..2 {
         let before = negotiations(&page, &rusty_id).await;
-        toggle(&page, "#mic", true).await;
+        toggle(&page, "#camera", true).await;
+        page.wait_for_css("own preview", "video[data-self-video]").await;
         wait_negotiated(&page, &rusty_id, before).await;
-        chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "mic on").await;
-        assert_negotiations_applied(&page, "page");
-        page.close().await;
-    });
+        chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, &format!("camera on {round}")).await;
+        let before = negotiations(&page, &rusty_id).await;
+        toggle(&page, "#camera", false).await;
+        wait_negotiated(&page, &rusty_id, before).await;
+        chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, &format!("camera off {round}")).await;
+    }
+    let before = negotiations(&page, &rusty_id).await;
+    toggle(&page, "#mic", true).await;
+    wait_negotiated(&page, &rusty_id, before).await;
+    chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "mic on").await;
+    assert_negotiations_applied(&page, "page");
+    page.close().await;
 }
 
 // ---- media files and checks (ffmpeg) ---------------------------------------------------------
@@ -219,32 +219,48 @@ fn track_ended<'a>(events: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no track_ended for {kind} in {events:?}"))
 }
 
-/// The page's video element for `peer`: its size and decoded frame count.
+/// A function body fragment: `frames(v)` gives the number of frames video element `v` has
+/// presented so far, counted with `requestVideoFrameCallback` (standard; Chromium and Firefox).
+/// `getVideoPlaybackQuality().totalVideoFrames` stays 0 in Firefox for a MediaStream.
+const PRESENTED_FRAMES: &str = r#"
+const frames = (v) => {
+  if (!v.__presented) {
+    v.__presented = { n: 0 };
+    const tick = (_now, meta) => { v.__presented.n = meta.presentedFrames; v.requestVideoFrameCallback(tick); };
+    v.requestVideoFrameCallback(tick);
+  }
+  return v.__presented.n;
+};
+"#;
+
+/// The page's video element for `peer`: its size and presented frame count.
 async fn peer_video(page: &Browser, peer: &str) -> (u64, u64, u64) {
     let v = page
         .eval(&format!(
-            r#"const v = document.querySelector('video[data-peer-video="{peer}"]');
+            r#"{PRESENTED_FRAMES}
+               const v = document.querySelector('video[data-peer-video="{peer}"]');
                if (!v) return null;
-               return [v.videoWidth, v.videoHeight, v.getVideoPlaybackQuality().totalVideoFrames];"#
+               return [v.videoWidth, v.videoHeight, frames(v)];"#
         ))
         .await;
     let n = |i: usize| v[i].as_u64().unwrap_or(0);
     (n(0), n(1), n(2))
 }
 
-/// Waits until `peer`'s video plays in the page at `width`×`height` and its decoded frame count
-/// advances (the picture moves, not a frozen first frame).
+/// Waits until `peer`'s video plays in the page at `width`×`height` and its presented frame
+/// count advances (the picture moves, not a frozen first frame).
 async fn wait_video_plays(page: &Browser, peer: &str, width: u64, height: u64) {
     let script = format!(
-        r#"const v = document.querySelector('video[data-peer-video="{peer}"]');
-           return v && v.videoWidth === {width} && v.videoHeight === {height}
-             && v.getVideoPlaybackQuality().totalVideoFrames > 0;"#
+        r#"{PRESENTED_FRAMES}
+           const v = document.querySelector('video[data-peer-video="{peer}"]');
+           return v && v.videoWidth === {width} && v.videoHeight === {height} && frames(v) > 0;"#
     );
     page.wait_until(&format!("{peer}'s video playing at {width}x{height}"), &script).await;
     let (_, _, before) = peer_video(page, peer).await;
     let script = format!(
-        r#"const v = document.querySelector('video[data-peer-video="{peer}"]');
-           return v && v.getVideoPlaybackQuality().totalVideoFrames >= {};"#,
+        r#"{PRESENTED_FRAMES}
+           const v = document.querySelector('video[data-peer-video="{peer}"]');
+           return v && frames(v) >= {};"#,
         before + 10
     );
     page.wait_until(&format!("{peer}'s video frames advancing"), &script).await;
@@ -264,178 +280,187 @@ async fn own_camera_size(page: &Browser) -> (u64, u64) {
 
 // ---- tests -----------------------------------------------------------------------------------
 
+in_each_browser!(page_camera_and_microphone_are_recorded_by_the_rust_peer);
 /// Page → Rust `--record`: the page's fake camera and microphone are recorded; the IVF decodes
 /// to the camera's size with at least 2 s of frames and a header that counts them, the Ogg
 /// decodes as Opus; `--expect-frames` ends the peer (exit 0) with both files complete.
-#[test]
-fn page_camera_and_microphone_are_recorded_by_the_rust_peer() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let dir = Scratch::new("record");
-        let page = Browser::start("page").await;
-        page.open(&format!("{}/?room=rec&name=page&camera=1&mic=1", server.http_url())).await;
-        let page_id = page.self_id().await;
-        let (width, height) = own_camera_size(&page).await;
-        let mut rusty = Peer::spawn(
-            &server,
-            &["--room", "rec", "--name", "rusty", "--record", dir.str(), "--expect-frames", "90"],
-        )
-        .await;
-        rusty.joined().await;
-        for kind in ["video", "audio"] {
-            rusty
-                .wait_for(&format!("{kind} track"), |e| {
-                    e["event"] == "track" && e["peer"] == page_id && e["kind"] == kind
-                })
-                .await;
-        }
-        assert_eq!(rusty.wait_exit().await, Some(0), "--expect-frames ends the peer with exit 0");
-        let events = rusty.events().to_vec();
-        let video = track_ended(&events, "video");
-        let audio = track_ended(&events, "audio");
-        let video_path = PathBuf::from(video["path"].as_str().unwrap_or_default());
-        let audio_path = PathBuf::from(audio["path"].as_str().unwrap_or_default());
-        assert_eq!(video_path.extension().and_then(|e| e.to_str()), Some("ivf"));
+async fn page_camera_and_microphone_are_recorded_by_the_rust_peer(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let dir = Scratch::new("record");
+    let page = Browser::start_kind(kind, "page").await;
+    page.open(&format!("{}/?room=rec&name=page&camera=1&mic=1", server.http_url())).await;
+    let page_id = page.self_id().await;
+    let (width, height) = own_camera_size(&page).await;
+    let mut rusty = Peer::spawn(
+        &server,
+        &["--room", "rec", "--name", "rusty", "--record", dir.str(), "--expect-frames", "90"],
+    )
+    .await;
+    rusty.joined().await;
+    for kind in ["video", "audio"] {
+        rusty
+            .wait_for(&format!("{kind} track"), |e| {
+                e["event"] == "track" && e["peer"] == page_id && e["kind"] == kind
+            })
+            .await;
+    }
+    assert_eq!(rusty.wait_exit().await, Some(0), "--expect-frames ends the peer with exit 0");
+    let events = rusty.events().to_vec();
+    let video = track_ended(&events, "video");
+    let audio = track_ended(&events, "audio");
+    let video_path = PathBuf::from(video["path"].as_str().unwrap_or_default());
+    let audio_path = PathBuf::from(audio["path"].as_str().unwrap_or_default());
+    assert_eq!(video_path.extension().and_then(|e| e.to_str()), Some("ivf"));
+    assert!(
+        video_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .starts_with(&format!("{page_id}-"))
+    );
+
+    let (w, h, count, seconds) = ivf_facts(&video_path);
+    let frames = video["frames"].as_u64().unwrap_or(0);
+    assert!(frames >= 90, "{frames} video frames recorded, --expect-frames was 90");
+    let (w64, h64) = (u64::from(w), u64::from(h));
+    if kind == BrowserKind::Firefox {
+        // Firefox sends its 640×480 fake camera at 320×240 at first (measured here), and the
+        // IVF header has the first frame's size: the camera's shape, not more than its size.
         assert!(
-            video_path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .starts_with(&format!("{page_id}-"))
+            w64 * height == h64 * width && w64 <= width && w64 > 0,
+            "the IVF header ({w}x{h}) has the camera's shape ({width}x{height})"
         );
+    } else {
+        assert_eq!((w64, h64), (width, height), "the IVF header has the camera's size");
+    }
+    assert_eq!(u64::from(count), frames, "the IVF header's frame count is final");
+    assert!(seconds >= 2.0, "the recording spans {seconds:.2} s of the camera");
+    assert_decodes(&video_path);
+    let facts = probe(&video_path);
+    let stream = &facts["streams"][0];
+    assert_eq!(stream["codec_name"], "vp8");
+    assert_eq!(
+        (stream["width"].as_u64(), stream["height"].as_u64()),
+        (Some(w64), Some(h64)),
+        "decodes at the header's size"
+    );
+    assert_eq!(stream["nb_read_frames"].as_str().and_then(|n| n.parse::<u64>().ok()), Some(frames));
 
-        let (w, h, count, seconds) = ivf_facts(&video_path);
-        let frames = video["frames"].as_u64().unwrap_or(0);
-        assert!(frames >= 90, "{frames} video frames recorded, --expect-frames was 90");
-        assert_eq!((u64::from(w), u64::from(h)), (width, height), "the IVF header has the camera's size");
-        assert_eq!(u64::from(count), frames, "the IVF header's frame count is final");
-        assert!(seconds >= 2.0, "the recording spans {seconds:.2} s of the camera");
-        assert_decodes(&video_path);
-        let facts = probe(&video_path);
-        let stream = &facts["streams"][0];
-        assert_eq!(stream["codec_name"], "vp8");
-        assert_eq!((stream["width"].as_u64(), stream["height"].as_u64()), (Some(width), Some(height)));
-        assert_eq!(stream["nb_read_frames"].as_str().and_then(|n| n.parse::<u64>().ok()), Some(frames));
-
-        assert_decodes(&audio_path);
-        let facts = probe(&audio_path);
-        assert_eq!(facts["streams"][0]["codec_name"], "opus");
-        let packets = audio["frames"].as_u64().unwrap_or(0);
-        assert!(packets > 0, "audio packets recorded");
-        let duration: f64 = facts["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0);
-        assert!(duration > 0.5, "the Ogg lasts {duration} s");
-        eprintln!(
-            "measured: recorded {frames} frames {w}x{h} over {seconds:.2} s, {packets} Opus packets, {duration:.2} s"
-        );
-        page.close().await;
-    });
+    assert_decodes(&audio_path);
+    let facts = probe(&audio_path);
+    assert_eq!(facts["streams"][0]["codec_name"], "opus");
+    let packets = audio["frames"].as_u64().unwrap_or(0);
+    assert!(packets > 0, "audio packets recorded");
+    let duration: f64 = facts["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    assert!(duration > 0.5, "the Ogg lasts {duration} s");
+    eprintln!(
+        "measured: recorded {frames} frames {w}x{h} over {seconds:.2} s, {packets} Opus packets, {duration:.2} s"
+    );
+    page.close().await;
 }
 
+in_each_browser!(rust_peer_plays_files_to_pages_that_join_before_and_after);
 /// Rust `--send-video` / `--send-audio` → pages: the video plays in a page that joined before
 /// the peer connected and in one that joined later (each from the file's first keyframe), and
 /// the audio track arrives too; chat keeps working.
-#[test]
-fn rust_peer_plays_files_to_pages_that_join_before_and_after() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let dir = Scratch::new("send");
-        let video = make_ivf(&dir, 320, 240, 2);
-        let audio = make_ogg(&dir, 2);
-        let early = Browser::start("early").await;
-        let early_id = early.join(&server, "play", "early").await;
-        let mut rusty = Peer::spawn(
-            &server,
-            &[
-                "--room",
-                "play",
-                "--name",
-                "rusty",
-                "--send-video",
-                video.to_str().unwrap_or_default(),
-                "--send-audio",
-                audio.to_str().unwrap_or_default(),
-            ],
-        )
-        .await;
-        let rusty_id = rusty.joined().await;
-        early.wait_connected(&rusty_id).await;
-        wait_video_plays(&early, &rusty_id, 320, 240).await;
-        let has_audio = format!(
-            r#"const v = document.querySelector('video[data-peer-video="{rusty_id}"]');
-               return v && v.srcObject && v.srcObject.getAudioTracks().length === 1;"#
-        );
-        early.wait_until("rusty's audio track in its tile", &has_audio).await;
+async fn rust_peer_plays_files_to_pages_that_join_before_and_after(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let dir = Scratch::new("send");
+    let video = make_ivf(&dir, 320, 240, 2);
+    let audio = make_ogg(&dir, 2);
+    let early = Browser::start_kind(kind, "early").await;
+    let early_id = early.join(&server, "play", "early").await;
+    let mut rusty = Peer::spawn(
+        &server,
+        &[
+            "--room",
+            "play",
+            "--name",
+            "rusty",
+            "--send-video",
+            video.to_str().unwrap_or_default(),
+            "--send-audio",
+            audio.to_str().unwrap_or_default(),
+        ],
+    )
+    .await;
+    let rusty_id = rusty.joined().await;
+    early.wait_connected(&rusty_id).await;
+    wait_video_plays(&early, &rusty_id, 320, 240).await;
+    let has_audio = format!(
+        r#"const v = document.querySelector('video[data-peer-video="{rusty_id}"]');
+           return v && v.srcObject && v.srcObject.getAudioTracks().length === 1;"#
+    );
+    early.wait_until("rusty's audio track in its tile", &has_audio).await;
 
-        let late = Browser::start("late").await;
-        let late_id = late.join(&server, "play", "late").await;
-        late.wait_connected(&rusty_id).await;
-        wait_video_plays(&late, &rusty_id, 320, 240).await;
-        chat_round_trip(&late, &late_id, &mut rusty, &rusty_id, "while playing").await;
-        chat_round_trip(&early, &early_id, &mut rusty, &rusty_id, "while playing").await;
-        early.close().await;
-        late.close().await;
-    });
+    let late = Browser::start_kind(kind, "late").await;
+    let late_id = late.join(&server, "play", "late").await;
+    late.wait_connected(&rusty_id).await;
+    wait_video_plays(&late, &rusty_id, 320, 240).await;
+    chat_round_trip(&late, &late_id, &mut rusty, &rusty_id, "while playing").await;
+    chat_round_trip(&early, &early_id, &mut rusty, &rusty_id, "while playing").await;
+    early.close().await;
+    late.close().await;
 }
 
+in_each_browser!(rust_peer_echoes_the_page_camera_back);
 /// Page → Rust `--echo-media` → page: the page plays its own camera back at the camera's size.
-#[test]
-fn rust_peer_echoes_the_page_camera_back() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let mut rusty = Peer::spawn(&server, &["--room", "echo", "--name", "rusty", "--echo-media"]).await;
-        let rusty_id = rusty.joined().await;
-        let page = Browser::start("page").await;
-        page.open(&format!("{}/?room=echo&name=page&camera=1", server.http_url())).await;
-        let page_id = page.self_id().await;
-        let (width, height) = own_camera_size(&page).await;
-        page.wait_connected(&rusty_id).await;
-        rusty.wait_for("page's video track", |e| e["event"] == "track" && e["peer"] == page_id).await;
-        wait_video_plays(&page, &rusty_id, width, height).await;
-        chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "with echo").await;
-        assert_negotiations_applied(&page, "page");
-        page.close().await;
-    });
+async fn rust_peer_echoes_the_page_camera_back(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let mut rusty = Peer::spawn(&server, &["--room", "echo", "--name", "rusty", "--echo-media"]).await;
+    let rusty_id = rusty.joined().await;
+    let page = Browser::start_kind(kind, "page").await;
+    page.open(&format!("{}/?room=echo&name=page&camera=1", server.http_url())).await;
+    let page_id = page.self_id().await;
+    let (width, height) = own_camera_size(&page).await;
+    page.wait_connected(&rusty_id).await;
+    rusty.wait_for("page's video track", |e| e["event"] == "track" && e["peer"] == page_id).await;
+    wait_video_plays(&page, &rusty_id, width, height).await;
+    chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "with echo").await;
+    assert_negotiations_applied(&page, "page");
+    page.close().await;
 }
 
+in_each_browser_pair!(two_pages_call_start_and_stop_mid_call_without_losing_chat);
 /// Page ↔ page: a camera turned on mid-call shows on the other side, turning camera and
-/// microphone off removes the tile within 5 s (INTERFACES.md), chat works throughout.
-#[test]
-fn two_pages_call_start_and_stop_mid_call_without_losing_chat() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let ana = Browser::start("ana").await;
-        ana.open(&format!("{}/?room=call&name=ana&camera=1&mic=1", server.http_url())).await;
-        let ana_id = ana.self_id().await;
-        let (width, height) = own_camera_size(&ana).await;
-        let bo = Browser::start("bo").await;
-        let bo_id = bo.join(&server, "call", "bo").await;
-        bo.wait_connected(&ana_id).await;
-        wait_video_plays(&bo, &ana_id, width, height).await;
+/// microphone off removes the tile within 5 s (INTERFACES.md), chat works throughout. In each
+/// pair of browsers: Ana in `first`, Bo in `second` (Chromium ↔ Firefox both ways).
+async fn two_pages_call_start_and_stop_mid_call_without_losing_chat(first: BrowserKind, second: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let ana = Browser::start_kind(first, "ana").await;
+    ana.open(&format!("{}/?room=call&name=ana&camera=1&mic=1", server.http_url())).await;
+    let ana_id = ana.self_id().await;
+    let ana_size = own_camera_size(&ana).await;
+    let bo = Browser::start_kind(second, "bo").await;
+    let bo_id = bo.join(&server, "call", "bo").await;
+    bo.wait_connected(&ana_id).await;
+    wait_video_plays(&bo, &ana_id, ana_size.0, ana_size.1).await;
 
-        // Bo starts his camera mid-call: a renegotiation from the impolite side.
-        toggle(&bo, "#camera", true).await;
-        wait_video_plays(&ana, &bo_id, width, height).await;
-        ana.send_line("can you see me").await;
-        bo.wait_line(&ana_id, "can you see me").await;
+    // Bo starts his camera mid-call: a renegotiation from the impolite side. His camera's size
+    // is his browser's (Chromium's and Firefox's fake cameras differ).
+    toggle(&bo, "#camera", true).await;
+    let bo_size = own_camera_size(&bo).await;
+    wait_video_plays(&ana, &bo_id, bo_size.0, bo_size.1).await;
+    ana.send_line("can you see me").await;
+    bo.wait_line(&ana_id, "can you see me").await;
 
-        // Ana stops both: her tile goes from Bo's page.
-        toggle(&ana, "#camera", false).await;
-        toggle(&ana, "#mic", false).await;
-        let gone = format!(r#"return !document.querySelector('video[data-peer-video="{ana_id}"]');"#);
-        let started = std::time::Instant::now();
-        bo.wait_until(&format!("{ana_id}'s tile gone"), &gone).await;
-        let took = started.elapsed();
-        assert!(took.as_secs_f64() <= 5.0, "the tile went after {took:?}; INTERFACES.md says within 5 s");
-        eprintln!("measured: camera and mic off -> remote tile gone in {took:?}");
-        bo.send_line("you left the call").await;
-        ana.wait_line(&bo_id, "you left the call").await;
-        // Bo's video still plays at Ana's.
-        wait_video_plays(&ana, &bo_id, width, height).await;
-        assert_negotiations_applied(&ana, "ana");
-        assert_negotiations_applied(&bo, "bo");
-        ana.close().await;
-        bo.close().await;
-    });
+    // Ana stops both: her tile goes from Bo's page.
+    toggle(&ana, "#camera", false).await;
+    toggle(&ana, "#mic", false).await;
+    let gone = format!(r#"return !document.querySelector('video[data-peer-video="{ana_id}"]');"#);
+    let started = std::time::Instant::now();
+    bo.wait_until(&format!("{ana_id}'s tile gone"), &gone).await;
+    let took = started.elapsed();
+    assert!(took.as_secs_f64() <= 5.0, "the tile went after {took:?}; INTERFACES.md says within 5 s");
+    eprintln!("measured: camera and mic off -> remote tile gone in {took:?}");
+    bo.send_line("you left the call").await;
+    ana.wait_line(&bo_id, "you left the call").await;
+    // Bo's video still plays at Ana's.
+    wait_video_plays(&ana, &bo_id, bo_size.0, bo_size.1).await;
+    assert_negotiations_applied(&ana, "ana");
+    assert_negotiations_applied(&bo, "bo");
+    ana.close().await;
+    bo.close().await;
 }
 
 /// Rust → Rust: a recording is complete when the recorder stops on `--timeout` (exit 1) and on
