@@ -18,8 +18,12 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 /// Log filter without RUST_LOG. webrtc-rs warns about things that are normal here (no DTLS
-/// server name on a peer connection, checks before the first remote candidate).
-const DEFAULT_LOG: &str = "warn,peer=info,rtc_dtls=error,rtc_ice=error";
+/// server name on a peer connection, checks before the first remote candidate). Its TURN client
+/// logs every refused permission as an error, again at every check (a TURN server that denies
+/// private ranges refuses every host address: normal, and dozens of lines a second); a relay
+/// that cannot be had at all is reported by the peer itself (`transport::turn_failure`).
+const DEFAULT_LOG: &str =
+    "warn,peer=info,rtc_dtls=error,rtc_ice=error,webrtc::peer_connection::transport::turn_relayer=off";
 
 /// Lines read from stdin ahead of the mesh.
 const STDIN_QUEUE: usize = 64;
