@@ -217,8 +217,13 @@ impl Browser {
     /// [`crate::SplitNetwork`]: the page's WebRTC uses that side's network. The test reaches
     /// chromedriver over the side's link.
     pub async fn start_in(label: &str, side: &crate::Side) -> Browser {
+        Browser::start_kind_in(BrowserKind::Chromium, label, side).await
+    }
+
+    /// [`Browser::start_in`] for a browser of `kind`.
+    pub async fn start_kind_in(kind: BrowserKind, label: &str, side: &crate::Side) -> Browser {
         let place = DriverPlace { launcher: side.launcher(), driver_ip: side.addr, client_ip: side.gateway };
-        Browser::start_at(BrowserKind::Chromium, &place, label, 1280, 800).await
+        Browser::start_at(kind, &place, label, 1280, 800).await
     }
 
     async fn start_at(
@@ -605,7 +610,9 @@ async fn launch(
         BrowserKind::Firefox => {
             // geckodriver makes its profile (and Firefox its caches) under TMPDIR: inside our
             // own directory, which Drop removes (geckodriver removes its profile only at a clean end).
-            command.args(["--host", "127.0.0.1", "--port", &port.to_string()]).env("TMPDIR", &profile);
+            command
+                .args(["--host", &place.driver_ip.to_string(), "--port", &port.to_string()])
+                .env("TMPDIR", &profile);
             caps.insert("browserName".into(), json!("firefox"));
             caps.insert(
                 "moz:firefoxOptions".into(),

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tests::browser::{Browser, web_dir};
+use tests::browser::{Browser, BrowserKind, web_dir};
 use tests::coturn::Coturn;
 use tests::proxy::CuttingProxy;
-use tests::{Peer, SERVICE_ADDR, Server, SplitNetwork, isolated};
+use tests::{Peer, SERVICE_ADDR, Server, SplitNetwork, in_each_browser, isolated};
 
 const SECRET: &str = "turn-test-secret";
 /// `--timeout` of the peers that must not connect: bounds the test, and is what ends them.
@@ -176,73 +176,62 @@ fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
     });
 }
 
+in_each_browser!(the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn);
 /// The page in A (`relay=1`) ↔ a Rust peer in B: chat both ways and a file to the page; the
 /// page's per-peer stats show the relay path and the peer's `ice_selected` says relay. A Rust
 /// peer in A next to the page could reach it directly, yet their pair is relay ↔ relay too:
 /// that is `relay=1`.
-#[test]
-fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn() {
-    isolated(|| async {
-        let relay = Relay::start(SECRET, &[]).await;
-        let scratch = Scratch::new("p2r");
-        let source = scratch.join("notes.bin");
-        let sha = write_random(&source, 512 * 1024 + 3);
+async fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn(kind: BrowserKind) {
+    let relay = Relay::start(SECRET, &[]).await;
+    let scratch = Scratch::new("p2r");
+    let source = scratch.join("notes.bin");
+    let sha = write_random(&source, 512 * 1024 + 3);
 
-        let page = Browser::start_in("pat", &relay.net.a).await;
-        page.open(&format!("{}/?room=r&name=pat&relay=1", relay.server.http_url())).await;
-        let pat_id = page.self_id().await;
-        let mut rusty = relay
-            .peer_in_b(&["--room", "r", "--name", "rusty", "--send", "hi page", "--send-file", &source])
-            .await;
-        let rusty_id = rusty.joined().await;
+    let page = Browser::start_kind_in(kind, "pat", &relay.net.a).await;
+    page.open(&format!("{}/?room=r&name=pat&relay=1", relay.server.http_url())).await;
+    let pat_id = page.self_id().await;
+    let mut rusty = relay
+        .peer_in_b(&["--room", "r", "--name", "rusty", "--send", "hi page", "--send-file", &source])
+        .await;
+    let rusty_id = rusty.joined().await;
 
-        page.wait_connected(&rusty_id).await;
-        page.wait_line(&rusty_id, "hi page").await;
-        page.send_line("hi rust").await;
-        rusty.wait_message(&pat_id, "hi rust").await;
-        let row = page
+    page.wait_connected(&rusty_id).await;
+    page.wait_line(&rusty_id, "hi page").await;
+    page.send_line("hi rust").await;
+    rusty.wait_message(&pat_id, "hi rust").await;
+    let row = page
+        .wait_until(
+            "notes.bin received and verified",
+            r#"const row = [...document.querySelectorAll('[data-file-name="notes.bin"]')]
+                 .find(e => e.dataset.fileDirection === 'in' && e.dataset.fileState === 'done');
+               return row ? row.dataset.fileSha256 : null;"#,
+        )
+        .await;
+    assert_eq!(row.as_str(), Some(sha.as_str()), "the page's data-file-sha256");
+    assert_eq!(rusty.wait_event("file_sent").await["ok"], true);
+
+    assert_relayed(&mut rusty, &pat_id).await;
+    // Rusty's file reaches Near too: into the scratch dir, not the working directory.
+    let near_inbox = scratch.join("near");
+    let mut near = relay
+        .peer_in_a(&["--room", "r", "--name", "near", "--send", "hi neighbour", "--receive-dir", &near_inbox])
+        .await;
+    let near_id = near.joined().await;
+    page.wait_line(&near_id, "hi neighbour").await;
+    assert_relayed(&mut near, &pat_id).await;
+    for id in [&rusty_id, &near_id] {
+        let path = page
             .wait_until(
-                "notes.bin received and verified",
-                r#"const row = [...document.querySelectorAll('[data-file-name="notes.bin"]')]
-                     .find(e => e.dataset.fileDirection === 'in' && e.dataset.fileState === 'done');
-                   return row ? row.dataset.fileSha256 : null;"#,
+                &format!("the relay path in the stats of {id}"),
+                &format!(
+                    r#"const e = document.querySelector('[data-peer-id="{id}"] [data-stat="path"]');
+                       return e && e.textContent.startsWith('relay ↔ relay') ? e.textContent : null;"#
+                ),
             )
             .await;
-        assert_eq!(row.as_str(), Some(sha.as_str()), "the page's data-file-sha256");
-        assert_eq!(rusty.wait_event("file_sent").await["ok"], true);
-
-        assert_relayed(&mut rusty, &pat_id).await;
-        // Rusty's file reaches Near too: into the scratch dir, not the working directory.
-        let near_inbox = scratch.join("near");
-        let mut near = relay
-            .peer_in_a(&[
-                "--room",
-                "r",
-                "--name",
-                "near",
-                "--send",
-                "hi neighbour",
-                "--receive-dir",
-                &near_inbox,
-            ])
-            .await;
-        let near_id = near.joined().await;
-        page.wait_line(&near_id, "hi neighbour").await;
-        assert_relayed(&mut near, &pat_id).await;
-        for id in [&rusty_id, &near_id] {
-            let path = page
-                .wait_until(
-                    &format!("the relay path in the stats of {id}"),
-                    &format!(
-                        r#"const e = document.querySelector('[data-peer-id="{id}"] [data-stat="path"]');
-                           return e && e.textContent.startsWith('relay ↔ relay') ? e.textContent : null;"#
-                    ),
-                )
-                .await;
-            assert!(path.as_str().is_some_and(|p| p.starts_with("relay ↔ relay")), "{path}");
-        }
-        page.close().await;
-    });
+        assert!(path.as_str().is_some_and(|p| p.starts_with("relay ↔ relay")), "{path}");
+    }
+    page.close().await;
 }
 
 /// A resumed `welcome` carries a fresh credential, and a connection made after it uses that one:
