@@ -301,43 +301,41 @@ fn an_expired_turn_credential_fails_with_a_clear_error() {
     });
 }
 
+in_each_browser!(a_wrong_turn_secret_fails_with_a_clear_error);
 /// A server whose `--turn-secret` is not coturn's: every credential is refused; both peers say
 /// so, nothing connects, both end at `--timeout`. A page (`relay=1`) in A says so too, and its
 /// peer entries never connect.
-#[test]
-fn a_wrong_turn_secret_fails_with_a_clear_error() {
-    isolated(|| async {
-        let relay = Relay::start("not-the-coturn-secret", &[]).await;
-        let mut ana =
-            relay.peer_in_a(&["--room", "r", "--name", "ana", "--relay-only", "--timeout", GIVE_UP]).await;
-        ana.joined().await;
-        let mut bob =
-            relay.peer_in_b(&["--room", "r", "--name", "bob", "--relay-only", "--timeout", GIVE_UP]).await;
-        bob.joined().await;
-        let page = Browser::start_in("pat", &relay.net.a).await;
-        page.open(&format!("{}/?room=r&name=pat&relay=1", relay.server.http_url())).await;
-        page.self_id().await;
-        for peer in [&mut ana, &mut bob] {
-            peer.wait_for("an error saying the TURN server refused the credential", |e| {
-                is(e, "error")
-                    && e["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("refused the credential") && m.contains("--turn-secret"))
-            })
-            .await;
-        }
-        page.wait_until(
-            "a notice that the TURN relay refused the credential",
-            r#"return [...document.querySelectorAll('.notice.error')]
-                 .some(e => e.textContent.includes('TURN relay') && e.textContent.includes('refused the credential'));"#,
-        )
+async fn a_wrong_turn_secret_fails_with_a_clear_error(kind: BrowserKind) {
+    let relay = Relay::start("not-the-coturn-secret", &[]).await;
+    let mut ana =
+        relay.peer_in_a(&["--room", "r", "--name", "ana", "--relay-only", "--timeout", GIVE_UP]).await;
+    ana.joined().await;
+    let mut bob =
+        relay.peer_in_b(&["--room", "r", "--name", "bob", "--relay-only", "--timeout", GIVE_UP]).await;
+    bob.joined().await;
+    let page = Browser::start_kind_in(kind, "pat", &relay.net.a).await;
+    page.open(&format!("{}/?room=r&name=pat&relay=1", relay.server.http_url())).await;
+    page.self_id().await;
+    for peer in [&mut ana, &mut bob] {
+        peer.wait_for("an error saying the TURN server refused the credential", |e| {
+            is(e, "error")
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("refused the credential") && m.contains("--turn-secret"))
+        })
         .await;
-        assert_never_connect(&mut ana, &mut bob).await;
-        let connected =
-            page.eval("return document.querySelectorAll('[data-connection=\"connected\"]').length;").await;
-        assert_eq!(connected, 0, "the page connected to nobody");
-        page.close().await;
-    });
+    }
+    page.wait_until(
+        "a notice that the TURN relay refused the credential",
+        r#"return [...document.querySelectorAll('.notice.error')]
+             .some(e => e.textContent.includes('TURN relay') && e.textContent.includes('refused the credential'));"#,
+    )
+    .await;
+    assert_never_connect(&mut ana, &mut bob).await;
+    let connected =
+        page.eval("return document.querySelectorAll('[data-connection=\"connected\"]').length;").await;
+    assert_eq!(connected, 0, "the page connected to nobody");
+    page.close().await;
 }
 
 /// The premise of the tests above: without a TURN server, A and B have no path.
