@@ -28,6 +28,14 @@ const MAX_HEADER_BYTES = 16 * 1024;
 const MAX_NAME_BYTES = 200;
 // Rate and progress are redrawn at most this often.
 const REDRAW_MS = 200;
+// A received file is held in memory until saved (Blobs), so the page takes none over 1 GiB: the
+// header is answered {"ok":false} before any byte arrives (INTERFACES.md, "Files").
+export const MAX_INCOMING_BYTES = 1024 * 1024 * 1024;
+// Transfers at once from one peer (INTERFACES.md): more are answered "busy". The page's own
+// sends to one peer keep to the same number, as every receiver takes no more.
+export const TRANSFERS_PER_PEER = 4;
+// An incoming transfer that receives nothing this long fails (as the Rust peer's 30 s).
+const IDLE_MS = 30_000;
 
 // ---- SHA-256, incremental --------------------------------------------------------------------
 // crypto.subtle.digest takes the whole input at once (50 MB in memory) and exists only in secure
@@ -260,6 +268,29 @@ export class FileTransfers {
     this.label = label;
     this.notice = notice;
     this.urls = [];
+    // Per link: incoming transfers running, and our sends running / waiting for a turn.
+    this.incoming = new Map();
+    this.sending = new Map();
+  }
+
+  // Waits for one of the TRANSFERS_PER_PEER send slots of `link`; returns its release.
+  async sendSlot(link) {
+    let slots = this.sending.get(link);
+    if (!slots) {
+      slots = { running: 0, waiting: [] };
+      this.sending.set(link, slots);
+    }
+    if (slots.running >= TRANSFERS_PER_PEER) await new Promise((resolve) => slots.waiting.push(resolve));
+    else slots.running += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = slots.waiting.shift();
+      // The slot passes straight to the next waiter, or is given back.
+      if (next) next();
+      else slots.running -= 1;
+    };
   }
 
   // Sends every file to every link whose connection is up. Files are hashed once, one after the
@@ -284,9 +315,12 @@ export class FileTransfers {
       }
       for (const row of rows) row.el.dataset.fileSha256 = sha256;
       const header = JSON.stringify({ name, size: file.size, sha256 });
-      targets.forEach((link, i) => {
+      targets.forEach(async (link, i) => {
+        const release = await this.sendSlot(link);
         rows[i].started = performance.now();
-        sendOne(link, file, header, rows[i]).catch((err) => rows[i].fail(err.message ?? String(err)));
+        sendOne(link, file, header, rows[i])
+          .catch((err) => rows[i].fail(err.message ?? String(err)))
+          .finally(release);
       });
     }
   }
@@ -294,6 +328,30 @@ export class FileTransfers {
   // An incoming `file` channel (from ondatachannel).
   accept(link, channel) {
     channel.binaryType = "arraybuffer";
+    const answer = (value) => {
+      try {
+        channel.send(JSON.stringify(value));
+      } catch {
+        /* the channel is already closing; the sender sees the close */
+      }
+    };
+    const running = this.incoming.get(link) ?? 0;
+    if (running >= TRANSFERS_PER_PEER) {
+      // Answered at once, nothing read; the sender closes the channel on our answer.
+      const refuse = () => answer({ ok: false, error: "busy" });
+      if (channel.readyState === "open") refuse();
+      else channel.addEventListener("open", refuse, { once: true });
+      return;
+    }
+    this.incoming.set(link, running + 1);
+    // Given back once the transfer is decided (before the answer goes out, so that a sender
+    // starting its next file on our answer finds it free).
+    let slotHeld = true;
+    const releaseSlot = () => {
+      if (!slotHeld) return;
+      slotHeld = false;
+      this.incoming.set(link, (this.incoming.get(link) ?? 1) - 1);
+    };
     const peerLabel = this.label(link.id);
     let header = null;
     let row = null;
@@ -301,8 +359,11 @@ export class FileTransfers {
     let parts = [];
     let received = 0;
     let finished = false;
+    let idle = null;
     const fail = (error) => {
       finished = true;
+      releaseSlot();
+      clearTimeout(idle);
       parts = [];
       const text = error.message ?? String(error);
       if (!row) {
@@ -311,23 +372,35 @@ export class FileTransfers {
       row.fail(text);
       return text;
     };
-    const answer = (value) => {
-      try {
-        channel.send(JSON.stringify(value));
-      } catch {
-        /* the channel is already closing; the sender sees the close */
-      }
+    // A sender that goes silent fails the transfer, which frees its slot.
+    const watchIdle = () => {
+      clearTimeout(idle);
+      idle = setTimeout(() => {
+        if (finished) return;
+        answer({ ok: false, error: fail(new Error(`nothing received for ${IDLE_MS / 1000} s`)) });
+        channel.close();
+      }, IDLE_MS);
+    };
+    watchIdle();
+    const finish = () => {
+      finished = true;
+      releaseSlot();
+      clearTimeout(idle);
     };
     channel.onmessage = ({ data }) => {
       if (finished) return;
+      watchIdle();
       try {
         if (!header) {
           header = parseHeader(data);
           const name = sanitizeName(header.name);
           row = new Row(this.list, { name, direction: "in", peerLabel, size: header.size });
+          if (header.size > MAX_INCOMING_BYTES) {
+            throw new Error(`file too large: ${header.size} bytes announced, the page takes at most ${MAX_INCOMING_BYTES}`);
+          }
           sha = new Sha256();
           if (header.size === 0) {
-            finished = true;
+            finish();
             this.complete(header, row, sha, parts, answer);
           }
           return;
@@ -341,7 +414,7 @@ export class FileTransfers {
         if (parts.length >= 256) parts = [new Blob(parts)];
         row.progress(received);
         if (received === header.size) {
-          finished = true;
+          finish();
           this.complete(header, row, sha, parts, answer);
           parts = [];
         }
@@ -350,6 +423,8 @@ export class FileTransfers {
       }
     };
     channel.onclose = () => {
+      releaseSlot();
+      clearTimeout(idle);
       if (finished) return;
       fail(header ? `channel closed after ${received} of ${header.size} bytes` : "channel closed before the header");
     };
@@ -366,7 +441,8 @@ export class FileTransfers {
     answer({ ok: true });
     row.el.dataset.fileSha256 = actual; // contract: data-file-sha256 of a received file
     const name = row.el.dataset.fileName;
-    const url = URL.createObjectURL(new Blob(parts));
+    // A generic type: the browser saves the bytes and never renders what a sender claims.
+    const url = URL.createObjectURL(new Blob(parts, { type: "application/octet-stream" }));
     this.urls.push(url);
     const link = document.createElement("a");
     link.className = "transfer-download";

@@ -30,10 +30,16 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelId, RTCDataChannelState};
 use webrtc::peer_connection::PeerConnection;
 
 use crate::link::lock;
+
+/// Transfers (`file` channels) at once to or from one peer: INTERFACES.md's receivers take at
+/// most 4 from one peer and answer `busy` to more, so a sender runs at most that many.
+pub const TRANSFERS_AT_ONCE: usize = 4;
 
 /// How often [`ChannelOpener::open`] reads the channel's state while no `OnOpen` came. Only the
 /// racy case waits this long; an `OnOpen` ends the wait at once.
@@ -52,13 +58,24 @@ const ATTEMPT_DEADLINE: Duration = Duration::from_secs(3);
 /// The channels one peer connection opened on this side. Owned by the link; it never holds the
 /// peer connection itself (the connection's handler holds the link's state, so that would be a
 /// reference cycle).
-#[derive(Default)]
 pub struct LocalChannels {
     /// Ids of the channels created here. Locked across `create_data_channel`, so that
     /// a phantom announced during the call is checked only once its id is recorded.
     created: tokio::sync::Mutex<HashSet<RTCDataChannelId>>,
     /// Phantoms, kept alive until [`LocalChannels::release`] (see the module docs).
     phantoms: Mutex<Vec<Arc<dyn DataChannel>>>,
+    /// Our transfers to this peer that may run at once ([`TRANSFERS_AT_ONCE`]).
+    transfers: Arc<Semaphore>,
+}
+
+impl Default for LocalChannels {
+    fn default() -> Self {
+        LocalChannels {
+            created: Default::default(),
+            phantoms: Default::default(),
+            transfers: Arc::new(Semaphore::new(TRANSFERS_AT_ONCE)),
+        }
+    }
 }
 
 /// Opens channels on one peer connection: what a task that sends files holds.
@@ -70,6 +87,12 @@ pub struct ChannelOpener {
 }
 
 impl ChannelOpener {
+    /// Waits for a free transfer slot to this peer; hold it until the transfer ends.
+    pub async fn transfer_slot(&self) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed; `None` would only mean "go ahead unthrottled".
+        self.channels.transfers.clone().acquire_owned().await.ok()
+    }
+
     /// Opens an ordered, reliable channel labelled `label` and returns it once open.
     ///
     /// A channel that closes before it opens, or does not open within [`ATTEMPT_DEADLINE`], is

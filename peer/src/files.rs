@@ -10,8 +10,10 @@
 //!   to a temporary file inside the receive directory, hashes as it goes, and on success links
 //!   the file under a name that clashes with nothing. A failed or abandoned transfer removes its
 //!   temporary file when the [`Incoming`] drops, whatever path ended it.
-//! - [`receive`] and [`send`]: the async shells that move bytes between a channel and those.
-//! - [`ProgressBars`]: the terminal progress bars of human output.
+//! - [`receive`] (module `receive`): which channels are taken (opt-in, per-peer slots, idle
+//!   timeout) and the async shell that feeds one into an [`Incoming`].
+//! - [`send`] (module `send`): the sending side.
+//! - [`json_event`], [`human_line`], [`ProgressBars`] (module `display`): how events are shown.
 //!
 //! Memory stays bounded on both sides. The sender reads one chunk at a time and `send` waits
 //! while the channel has [`crate::transport::SEND_BUFFER_LIMIT`] bytes unacknowledged (webrtc-rs's
@@ -19,30 +21,30 @@
 //! polls for the next; webrtc-rs delivers channel events through a bounded queue and stops
 //! reading SCTP when it is full, so the remote's window closes instead of our memory growing.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use tokio::sync::{Semaphore, mpsc};
 
-use crate::channels::ChannelOpener;
+mod display;
+mod receive;
+mod send;
+
+pub use display::{ProgressBars, format_rate, format_size, human_line, json_event};
+pub use receive::{BUSY, DEFAULT_IDLE, MAX_INCOMING, NOT_ACCEPTING, PER_PEER_INCOMING, receive, refuse};
+pub use send::{Corruption, Outgoing, send};
 
 /// The label of a file channel (PROTOCOL.md).
 pub const FILE_LABEL: &str = "file";
 /// Largest binary message of a transfer (PROTOCOL.md): what every browser sends and accepts.
 pub const CHUNK_BYTES: usize = 16 * 1024;
-/// How long an "ok" that arrives while the last `send` has not returned waits for it.
-const LAST_SEND_DEADLINE: Duration = Duration::from_secs(2);
 /// Largest header we read. A real one is well under 1 KiB; a bigger one is refused unparsed.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Longest stored name in bytes, below the usual 255-byte file-name limit, with room for a
@@ -54,12 +56,8 @@ const FALLBACK_NAME: &str = "file";
 const MAX_SUFFIX: u32 = 10_000;
 /// Progress events at most this often per transfer: enough for a smooth bar and a rate.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
-/// How long the receiver waits for its answer to be acknowledged before reporting the file:
-/// a peer that exits on `--expect-files` must not close the connection under its own answer.
-const ANSWER_ACK_DEADLINE: Duration = Duration::from_secs(5);
-/// Incoming transfers at once, from all peers together. Each holds an open file and a write
-/// buffer; a peer opening thousands of `file` channels gets refusals, not our file descriptors.
-pub const MAX_INCOMING: usize = 64;
+/// `--max-file-size` when not given (INTERFACES.md): 4 GiB.
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 4 << 30;
 /// Prefix of temporary files in the receive directory. Hidden, and never a sanitized name
 /// (those never start with a dot), so a received file cannot be mistaken for one.
 const TEMP_PREFIX: &str = ".switchboard-";
@@ -92,6 +90,12 @@ pub enum FileError {
         #[source]
         source: std::io::Error,
     },
+    #[error("file too large: {size} bytes announced, the limit is {max} (--max-file-size)")]
+    TooLarge { size: u64, max: u64 },
+    #[error("not enough space: {size} bytes announced, {free} free in the receive dir")]
+    NoSpace { size: u64, free: u64 },
+    #[error("nothing received for {} s", .0.as_secs())]
+    Idle(Duration),
     #[error("test mode: {0}")]
     Test(&'static str),
 }
@@ -281,13 +285,27 @@ struct Partial {
 /// chunk is at most 16 KiB into the page cache, which costs less than handing it to a thread.
 pub struct Incoming {
     dir: PathBuf,
+    /// Largest size a header may announce.
+    max_size: u64,
     state: State,
 }
 
 impl Incoming {
-    /// A transfer that will store its file in `dir` (created if missing).
+    /// A transfer that will store its file in `dir` (created if missing), of any size that fits.
     pub fn new(dir: impl Into<PathBuf>) -> Incoming {
-        Incoming { dir: dir.into(), state: State::AwaitingHeader }
+        Incoming { dir: dir.into(), max_size: u64::MAX, state: State::AwaitingHeader }
+    }
+
+    /// Refuses a header announcing more than `max_size` bytes.
+    pub fn with_max_size(mut self, max_size: u64) -> Incoming {
+        self.max_size = max_size;
+        self
+    }
+
+    /// Gives up the transfer (its sender went silent): the temporary file is gone when this
+    /// returns, and nothing more is expected.
+    pub fn abandon(&mut self) {
+        self.state = State::Finished;
     }
 
     /// The sanitized name, once the header arrived.
@@ -341,8 +359,16 @@ impl Incoming {
                 }
                 let header = Header::parse(data)?;
                 let name = sanitize_name(&header.name);
+                // Both checks before anything is written: a refused file leaves no trace.
+                if header.size > self.max_size {
+                    return Err(FileError::TooLarge { size: header.size, max: self.max_size });
+                }
                 std::fs::create_dir_all(&self.dir)
                     .map_err(FileError::io(format!("cannot create {}", self.dir.display())))?;
+                let free = free_space(&self.dir)?;
+                if header.size > free {
+                    return Err(FileError::NoSpace { size: header.size, free });
+                }
                 let (temp, file) = TempFile::create(&self.dir)?;
                 let size = header.size;
                 self.state = State::Receiving(Box::new(Partial {
@@ -392,6 +418,17 @@ impl Incoming {
         let path = temp.persist(&self.dir, &name)?;
         Ok(Step::Done(Received { name, size: received, sha256: actual, path }))
     }
+}
+
+/// Bytes an unprivileged process may still write on the filesystem holding `dir`.
+fn free_space(dir: &Path) -> Result<u64, FileError> {
+    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| FileError::Io {
+        context: format!("cannot read the free space of {}", dir.display()),
+        source: std::io::Error::from(e),
+    })?;
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    let free = u64::from(stat.blocks_available()).saturating_mul(u64::from(stat.fragment_size()));
+    Ok(free)
 }
 
 /// A unique number per transfer in this process, to tell progress reports apart.
@@ -444,11 +481,33 @@ pub enum FileEvent {
 /// final ones wait.
 pub type FileEvents = mpsc::Sender<FileEvent>;
 
-/// What a link needs to accept incoming files.
+/// How incoming files are taken: `--receive-dir` (or `--expect-files`), `--max-file-size`, and
+/// the idle limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receiving {
+    /// Where received files go.
+    pub dir: PathBuf,
+    /// Largest size a header may announce (the receive dir's free space also bounds it).
+    pub max_size: u64,
+    /// An incoming transfer that receives nothing this long fails.
+    pub idle: Duration,
+}
+
+/// What a link needs to accept incoming files: one per remote peer, since it holds that
+/// peer's slots.
 #[derive(Debug, Clone)]
 pub struct Inbox {
-    pub dir: PathBuf,
+    pub receiving: Receiving,
     pub events: FileEvents,
+    /// This remote's running transfers (at most [`PER_PEER_INCOMING`]).
+    slots: Arc<Semaphore>,
+}
+
+impl Inbox {
+    /// The inbox of one remote peer, with all its slots free.
+    pub fn new(receiving: Receiving, events: FileEvents) -> Inbox {
+        Inbox { receiving, events, slots: Arc::new(Semaphore::new(PER_PEER_INCOMING)) }
+    }
 }
 
 /// Throttles progress reports of one transfer.
@@ -477,482 +536,33 @@ impl Reporter {
     }
 }
 
-/// Counts a running incoming transfer while it lives.
-struct IncomingSlot;
-
-static INCOMING: AtomicUsize = AtomicUsize::new(0);
-
-impl IncomingSlot {
-    fn take() -> Option<IncomingSlot> {
-        let before = INCOMING.fetch_add(1, Ordering::SeqCst);
-        if before >= MAX_INCOMING {
-            INCOMING.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        Some(IncomingSlot)
-    }
-}
-
-impl Drop for IncomingSlot {
-    fn drop(&mut self) {
-        INCOMING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Receives one transfer on a `file` channel opened by `remote`, until the channel closes.
-pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox) {
-    let Some(_slot) = IncomingSlot::take() else {
-        tracing::warn!(peer = %remote, "refusing a file: {MAX_INCOMING} transfers are already coming in");
-        refuse_busy(&remote, channel.as_ref()).await;
-        return;
-    };
-    let transfer = next_transfer_id();
-    let mut reporter = Reporter::new(inbox.events.clone(), transfer);
-    let mut incoming = Incoming::new(&inbox.dir);
-    let started = Instant::now();
-    let mut claimed = String::new();
-    while let Some(event) = channel.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(message) => {
-                if incoming.is_finished() {
-                    tracing::debug!(peer = %remote, "message after the answer; ignored");
-                    continue;
-                }
-                if message.is_string && claimed.is_empty() {
-                    // For the failure event only: what the sender called it, made printable.
-                    claimed =
-                        Header::parse(&message.data).map(|h| sanitize_name(&h.name)).unwrap_or_default();
-                }
-                match incoming.on_message(message.is_string, &message.data) {
-                    Ok(Step::Started { name, size }) => {
-                        reporter
-                            .emit(FileEvent::Started {
-                                peer: remote.clone(),
-                                transfer,
-                                outgoing: false,
-                                name,
-                                size,
-                            })
-                            .await;
-                    }
-                    Ok(Step::Progress(bytes)) => reporter.progress(bytes),
-                    Ok(Step::Done(file)) => {
-                        answer(&remote, channel.as_ref(), &Answer { ok: true, error: None }).await;
-                        let elapsed = started.elapsed();
-                        tracing::debug!(peer = %remote, "received {} ({} bytes) into {}", file.name, file.size, file.path.display());
-                        reporter
-                            .emit(FileEvent::Received { peer: remote.clone(), transfer, file, elapsed })
-                            .await;
-                    }
-                    Err(error) => {
-                        let error = error.to_string();
-                        tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
-                        answer(&remote, channel.as_ref(), &Answer { ok: false, error: Some(error.clone()) })
-                            .await;
-                        reporter
-                            .emit(FileEvent::Failed {
-                                peer: remote.clone(),
-                                transfer,
-                                name: claimed.clone(),
-                                error,
-                            })
-                            .await;
-                    }
-                }
-            }
-            DataChannelEvent::OnClose => break,
-            _ => {}
-        }
-    }
-    // A channel that closes early is a failed transfer (PROTOCOL.md), before its header too.
-    if let Some(error) = incoming.on_close() {
-        // `on_close` removed the temporary file before anyone hears of the failure.
-        let error = error.to_string();
-        tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
-        reporter.emit(FileEvent::Failed { peer: remote, transfer, name: claimed, error }).await;
-    }
-}
-
-/// Answers a transfer we cannot take now, once its header arrived, and closes the channel.
-async fn refuse_busy(remote: &str, channel: &dyn DataChannel) {
-    let busy =
-        Answer { ok: false, error: Some(format!("the receiver is busy ({MAX_INCOMING} transfers at once)")) };
-    while let Some(event) = channel.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(_) => {
-                // Acknowledged before the close: a close sent right behind the answer reached
-                // the sender first, which then reported "closed before the receiver answered".
-                answer(remote, channel, &busy).await;
-                break;
-            }
-            DataChannelEvent::OnClose => return,
-            _ => {}
-        }
-    }
-    let _ = channel.close().await;
-}
-
-/// Sends the answer and waits (bounded) until the remote acknowledged it.
-async fn answer(remote: &str, channel: &dyn DataChannel, answer: &Answer) {
-    if let Err(e) = channel.send_text(&answer.to_json()).await {
-        tracing::debug!(peer = %remote, "cannot answer on the file channel: {e}");
-        return;
-    }
-    let acked = async {
-        while channel.outstanding_bytes().await.unwrap_or(0) > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    if tokio::time::timeout(ANSWER_ACK_DEADLINE, acked).await.is_err() {
-        tracing::debug!(peer = %remote, "file answer not acknowledged within {ANSWER_ACK_DEADLINE:?}");
-    }
-}
-
-/// A file to send: its header is computed once, then it is read again for every peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    pub path: PathBuf,
-    pub header: Header,
-}
-
-impl Outgoing {
-    /// Reads `path` once to learn its size and SHA-256. Blocking: call it off the runtime
-    /// (`spawn_blocking`) or before it starts.
-    pub fn prepare(path: &Path) -> Result<Outgoing, FileError> {
-        let context = || format!("cannot read {}", path.display());
-        let mut file = File::open(path).map_err(FileError::io(context()))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf).map_err(FileError::io(context()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Outgoing {
-            path: path.to_path_buf(),
-            header: Header { name: sanitize_name(&name), size, sha256: hex::encode(hasher.finalize()) },
-        })
-    }
-}
-
-/// Ways to break a transfer on purpose, for tests of the receiver (`--test-corrupt-file`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Corruption {
-    /// Announce a SHA-256 that does not match the bytes.
-    Hash,
-    /// Send half of the bytes, then close the channel.
-    Truncate,
-}
-
-/// Sends `file` to `remote` on a new `file` channel from `opener` and reports the outcome as
-/// [`FileEvent::Sent`]. `corrupt` is for tests only.
-pub async fn send(
-    remote: String,
-    opener: ChannelOpener,
-    file: Arc<Outgoing>,
-    corrupt: Option<Corruption>,
-    events: FileEvents,
-) {
-    let transfer = next_transfer_id();
-    let mut reporter = Reporter::new(events, transfer);
-    let started = Instant::now();
-    let name = file.header.name.clone();
-    let size = file.header.size;
-    reporter
-        .emit(FileEvent::Started { peer: remote.clone(), transfer, outgoing: true, name: name.clone(), size })
-        .await;
-    let result = match opener.open(FILE_LABEL).await {
-        Ok(channel) => {
-            let result = send_on(channel.as_ref(), &file, corrupt, &mut reporter).await;
-            // The protocol's last step, whatever happened: the sender closes the channel.
-            if let Err(e) = channel.close().await {
-                tracing::debug!(peer = %remote, "closing the file channel: {e}");
-            }
-            result
-        }
-        Err(e) => Err(FileError::Channel(e.to_string())),
-    };
-    let error = result.err().map(|e| e.to_string());
-    match &error {
-        None => tracing::debug!(peer = %remote, "sent {name} ({size} bytes)"),
-        Some(e) => tracing::warn!(peer = %remote, "sending {name} failed: {e}"),
-    }
-    reporter
-        .emit(FileEvent::Sent { peer: remote, transfer, name, size, error, elapsed: started.elapsed() })
-        .await;
-}
-
-/// Sends header and bytes on the open channel while watching its events,
-/// and returns the receiver's verdict.
-async fn send_on(
-    channel: &dyn DataChannel,
-    file: &Outgoing,
-    corrupt: Option<Corruption>,
-    reporter: &mut Reporter,
-) -> Result<(), FileError> {
-    let mut header = file.header.clone();
-    if corrupt == Some(Corruption::Hash) {
-        header.sha256 = hex::encode(Sha256::digest(b"not the file"));
-    }
-    channel.send_text(&header.to_json()).await.map_err(|e| FileError::Channel(e.to_string()))?;
-    let limit = match corrupt {
-        Some(Corruption::Truncate) => header.size / 2,
-        _ => header.size,
-    };
-    let bytes = send_bytes(channel, &file.path, header.size, limit, reporter);
-    tokio::pin!(bytes);
-    let mut sent_all = false;
-    // Events must be read while sending: webrtc-rs queues them per channel, and a full queue
-    // would stall the whole connection. They also carry an early answer or close.
-    loop {
-        tokio::select! {
-            result = &mut bytes, if !sent_all => {
-                result?;
-                sent_all = true;
-                if corrupt == Some(Corruption::Truncate) {
-                    return Err(FileError::Test("closed the channel early on purpose (--test-corrupt-file truncate)"));
-                }
-            }
-            event = channel.poll() => match event {
-                Some(DataChannelEvent::OnMessage(message)) if message.is_string => {
-                    let answer: Answer = serde_json::from_slice(&message.data)
-                        .map_err(|e| FileError::BadAnswer(e.to_string()))?;
-                    if !answer.ok {
-                        return Err(FileError::Refused(answer.error.unwrap_or_else(|| "no reason given".into())));
-                    }
-                    if sent_all {
-                        return Ok(());
-                    }
-                    // The last bytes can be on their way while `send` has not returned yet
-                    // (it still waits on the driver), and a fast receiver's "ok" can come
-                    // first: give it a moment to return. Not returning means the receiver
-                    // answered before it could have had everything.
-                    return match tokio::time::timeout(LAST_SEND_DEADLINE, &mut bytes).await {
-                        Ok(result) => result,
-                        Err(_) => Err(FileError::BadAnswer("ok before all bytes were sent".into())),
-                    };
-                }
-                Some(DataChannelEvent::OnClose) | None => {
-                    return Err(FileError::ClosedBeforeAnswer);
-                }
-                Some(_) => {}
-            }
-        }
-    }
-}
-
-/// Streams the first `limit` of `size` bytes of `path` in [`CHUNK_BYTES`] messages. `send`
-/// waits while the channel's unacknowledged bytes are at the send-buffer limit: that is the
-/// back-pressure that keeps at most one window of the file in memory.
-async fn send_bytes(
-    channel: &dyn DataChannel,
-    path: &Path,
-    size: u64,
-    limit: u64,
-    reporter: &mut Reporter,
-) -> Result<(), FileError> {
-    let context = || format!("cannot read {}", path.display());
-    let mut file = tokio::fs::File::open(path).await.map_err(FileError::io(context()))?;
-    let mut sent = 0u64;
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    while sent < limit {
-        let want = (limit - sent).min(CHUNK_BYTES as u64) as usize;
-        let n = file.read(&mut buf[..want]).await.map_err(FileError::io(context()))?;
-        if n == 0 {
-            return Err(FileError::Io {
-                context: format!(
-                    "{} shrank to {sent} bytes while being sent ({size} announced)",
-                    path.display()
-                ),
-                source: std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
-            });
-        }
-        channel.send(BytesMut::from(&buf[..n])).await.map_err(|e| FileError::Channel(e.to_string()))?;
-        sent += n as u64;
-        reporter.progress(sent);
-    }
-    Ok(())
-}
-
 /// What the command line asked for about files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FileOptions {
     /// Sent to every peer once its connection is up (`--send-file`).
     pub send: Vec<Arc<Outgoing>>,
-    /// Where received files go (`--receive-dir`).
-    pub receive_dir: PathBuf,
+    /// How files are received; `None` refuses every incoming file (`--receive-dir` or
+    /// `--expect-files` turn it on).
+    pub receive: Option<Receiving>,
     /// Done once this many files were received and verified (`--expect-files`).
     pub expect: Option<usize>,
     /// Tests only (`--test-corrupt-file`): break every outgoing transfer this way.
     pub corrupt: Option<Corruption>,
 }
 
-impl Default for FileOptions {
-    fn default() -> Self {
-        FileOptions { send: Vec::new(), receive_dir: PathBuf::from("received"), expect: None, corrupt: None }
-    }
-}
-
-/// The `--json` line of a file event (INTERFACES.md); `None` for progress, which is only drawn.
-pub fn json_event(event: &FileEvent) -> Option<serde_json::Value> {
-    use serde_json::json;
-    match event {
-        FileEvent::Started { .. } | FileEvent::Progress { .. } => None,
-        FileEvent::Received { peer, file, .. } => Some(json!({
-            "event": "file_received", "from": peer, "name": file.name, "size": file.size,
-            "sha256": file.sha256, "path": file.path.display().to_string(),
-        })),
-        FileEvent::Failed { peer, name, error, .. } => {
-            Some(json!({"event": "file_failed", "from": peer, "name": name, "error": error}))
-        }
-        FileEvent::Sent { peer, name, size, error: None, .. } => {
-            Some(json!({"event": "file_sent", "to": peer, "name": name, "size": size, "ok": true}))
-        }
-        FileEvent::Sent { peer, name, size, error: Some(error), .. } => Some(json!({
-            "event": "file_sent", "to": peer, "name": name, "size": size, "ok": false, "error": error,
-        })),
-    }
-}
-
-/// The human line of a file event, `who` being the remote's display form; `None` for progress.
-/// With `bars`, starts and progress are drawn as bars instead of printed.
-pub fn human_line(event: &FileEvent, who: &str, bars: Option<&mut ProgressBars>) -> Option<String> {
-    match event {
-        FileEvent::Started { transfer, outgoing, name, size, .. } => {
-            let (verb, dir) = if *outgoing { ("sending", "to") } else { ("receiving", "from") };
-            match bars {
-                Some(bars) => {
-                    bars.start(*transfer, format!("{name} {dir} {who}"), *size);
-                    None
-                }
-                None => Some(format!("* {verb} {name} ({}) {dir} {who}", format_size(*size))),
-            }
-        }
-        FileEvent::Progress { transfer, bytes } => {
-            if let Some(bars) = bars {
-                bars.update(*transfer, *bytes);
-            }
-            None
-        }
-        FileEvent::Received { transfer, file, elapsed, .. } => {
-            if let Some(bars) = bars {
-                bars.finish(*transfer);
-            }
-            Some(format!(
-                "* received {} ({}) from {who} in {:.1} s, {}; sha256 {}; saved as {}",
-                file.name,
-                format_size(file.size),
-                elapsed.as_secs_f64(),
-                format_rate(file.size, *elapsed),
-                file.sha256,
-                file.path.display()
-            ))
-        }
-        FileEvent::Failed { transfer, name, error, .. } => {
-            if let Some(bars) = bars {
-                bars.finish(*transfer);
-            }
-            Some(format!("! receiving {name:?} from {who} failed: {error}"))
-        }
-        FileEvent::Sent { transfer, name, size, error, elapsed, .. } => {
-            if let Some(bars) = bars {
-                bars.finish(*transfer);
-            }
-            Some(match error {
-                None => format!(
-                    "* sent {name} ({}) to {who} in {:.1} s, {}; verified by the receiver",
-                    format_size(*size),
-                    elapsed.as_secs_f64(),
-                    format_rate(*size, *elapsed)
-                ),
-                Some(error) => format!("! sending {name} to {who} failed: {error}"),
-            })
-        }
-    }
-}
-
-impl FileEvent {
-    /// The remote peer's id, when the event names one.
-    pub fn peer(&self) -> Option<&str> {
-        match self {
-            FileEvent::Started { peer, .. }
-            | FileEvent::Received { peer, .. }
-            | FileEvent::Failed { peer, .. }
-            | FileEvent::Sent { peer, .. } => Some(peer),
-            FileEvent::Progress { .. } => None,
-        }
-    }
-}
-
-/// `12.3 MB/s` for `bytes` moved in `elapsed`.
-pub fn format_rate(bytes: u64, elapsed: Duration) -> String {
-    let secs = elapsed.as_secs_f64().max(1e-3);
-    format!("{}/s", indicatif::HumanBytes((bytes as f64 / secs) as u64))
-}
-
-/// `1.50 MiB`.
-pub fn format_size(bytes: u64) -> String {
-    indicatif::HumanBytes(bytes).to_string()
-}
-
-/// One progress bar per transfer on the terminal (stderr), for human output.
-pub struct ProgressBars {
-    multi: indicatif::MultiProgress,
-    bars: HashMap<TransferId, indicatif::ProgressBar>,
-}
-
-impl std::fmt::Debug for ProgressBars {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProgressBars").field("bars", &self.bars.len()).finish()
-    }
-}
-
-impl Default for ProgressBars {
-    fn default() -> Self {
-        ProgressBars::new()
-    }
-}
-
-impl ProgressBars {
-    pub fn new() -> ProgressBars {
-        ProgressBars {
-            multi: indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()),
-            bars: HashMap::new(),
-        }
-    }
-
-    pub fn start(&mut self, transfer: TransferId, label: String, size: u64) {
-        let style = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        let bar = self.multi.add(indicatif::ProgressBar::new(size).with_style(style).with_message(label));
-        self.bars.insert(transfer, bar);
-    }
-
-    pub fn update(&mut self, transfer: TransferId, bytes: u64) {
-        if let Some(bar) = self.bars.get(&transfer) {
-            bar.set_position(bytes);
-        }
-    }
-
-    pub fn finish(&mut self, transfer: TransferId) {
-        if let Some(bar) = self.bars.remove(&transfer) {
-            bar.finish_and_clear();
-            self.multi.remove(&bar);
-        }
-    }
-
-    /// Runs `f` (which prints to stdout) with the bars hidden, so lines and bars don't mix.
-    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.multi.suspend(f)
-    }
+/// A byte count with an optional binary suffix: `4096`, `512K`, `100M`, `4G` (K/M/G are KiB,
+/// MiB, GiB; either case). For `--max-file-size`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    let n: u64 =
+        digits.parse().map_err(|_| format!("{text:?} is not a byte count (e.g. 4096, 512K, 100M, 4G)"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 #[cfg(test)]

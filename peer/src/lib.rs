@@ -8,6 +8,7 @@
 //! - [`mesh`]: the room as this peer sees it: which links exist, who offers, what to tell the user.
 //! - [`transport`]: how connections are built (settings, sockets, buffers).
 //! - [`output`]: human-readable and `--json` output.
+//! - [`tls`]: rustls settings for `wss://` (system roots plus `--ca-cert`).
 
 pub mod channels;
 pub mod files;
@@ -16,4 +17,5 @@ pub mod media;
 pub mod mesh;
 pub mod output;
 pub mod signaling;
+pub mod tls;
 pub mod transport;

@@ -454,7 +454,8 @@ async fn watch_selected_pair(shared: Arc<Shared>, pc: Arc<dyn PeerConnection>) {
     }
 }
 
-/// Serves a channel the remote opened: `chat`, or `file` when we accept files.
+/// Serves a channel the remote opened: `chat`, or `file` (refused at once when we take no
+/// files).
 async fn serve_remote_channel(shared: Arc<Shared>, channel: Arc<dyn DataChannel>) {
     if shared.local_channels.adopt_if_own(&channel).await {
         tracing::debug!(peer = %shared.remote, "webrtc-rs announced a channel of ours as remote; kept aside");
@@ -463,10 +464,14 @@ async fn serve_remote_channel(shared: Arc<Shared>, channel: Arc<dyn DataChannel>
     let label = channel.label().await.unwrap_or_default();
     if label == CHAT_LABEL {
         run_chat_channel(shared, channel).await;
-    } else if label == FILE_LABEL
-        && let Some(inbox) = &shared.inbox
-    {
-        files::receive(shared.remote.clone(), channel, inbox.clone()).await;
+    } else if label == FILE_LABEL {
+        match &shared.inbox {
+            Some(inbox) => files::receive(shared.remote.clone(), channel, inbox.clone()).await,
+            None => {
+                tracing::info!(peer = %shared.remote, "refused a file: not accepting files (--receive-dir DIR takes them)");
+                files::refuse(&shared.remote, channel.as_ref(), files::NOT_ACCEPTING).await;
+            }
+        }
     } else {
         tracing::info!(peer = %shared.remote, "closing unsupported data channel {label:?}");
         let _ = channel.close().await;

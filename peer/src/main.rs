@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use peer::files::{Corruption, FileOptions, Outgoing};
+use peer::files::{self, Corruption, FileOptions, Outgoing, Receiving};
 use peer::media::{AudioFile, MediaOptions, VideoFile};
 use peer::mesh::{self, ChatOptions, Inputs, Outcome};
 use peer::output::Output;
@@ -43,6 +43,9 @@ struct Args {
     /// Display name (default: the id the server gives).
     #[arg(long, value_parser = parse_name)]
     name: Option<String>,
+    /// Extra trust anchor for `wss://` (PEM; repeatable). The system's store is always used.
+    #[arg(long = "ca-cert", value_name = "PEM")]
+    ca_cert: Vec<PathBuf>,
     /// Room token, for servers that require one.
     #[arg(long)]
     token: Option<String>,
@@ -76,10 +79,12 @@ struct Args {
     /// Send the file at PATH to every peer once its connection is up (repeatable).
     #[arg(long = "send-file", value_name = "PATH")]
     send_file: Vec<PathBuf>,
-    /// Store received files in DIR (created if missing; existing files are never replaced).
-    #[arg(long, value_name = "DIR", default_value = "received")]
-    receive_dir: PathBuf,
-    /// Exit 0 once N files have been received and verified.
+    /// Accept files, into DIR (created if missing; existing files are never replaced). Without
+    /// it (or --expect-files) every incoming file is refused.
+    #[arg(long, value_name = "DIR")]
+    receive_dir: Option<PathBuf>,
+    /// Exit 0 once N files have been received and verified (accepts files, into ./received
+    /// unless --receive-dir says otherwise).
     #[arg(long, value_name = "N")]
     expect_files: Option<usize>,
     /// Write every incoming track to DIR: VP8 video as IVF, Opus audio as Ogg.
@@ -97,6 +102,14 @@ struct Args {
     /// Exit 0 once N video frames have been received in total (from each track's first keyframe).
     #[arg(long, value_name = "N")]
     expect_frames: Option<usize>,
+    /// Refuse an incoming file announced larger than BYTES (K, M, G: binary suffixes), or than
+    /// the receive dir's free space.
+    #[arg(long, value_name = "BYTES", default_value = "4G", value_parser = files::parse_size)]
+    max_file_size: u64,
+    /// TESTING ONLY: fail an incoming transfer that receives nothing for D (default 30s), so
+    /// that tests need not wait 30 s. Hidden from --help.
+    #[arg(long, value_name = "D", hide = true, value_parser = humantime::parse_duration)]
+    test_file_idle: Option<Duration>,
     /// TESTING ONLY: break every file this peer sends, to test receivers: `hash` announces a
     /// wrong SHA-256, `truncate` closes the channel after half the bytes. Hidden from --help.
     #[arg(long, value_name = "HOW", hide = true)]
@@ -168,13 +181,30 @@ fn main() {
         send_audio: args.send_audio.as_ref().map(|p| load("--send-audio", AudioFile::load(p))),
         expect_frames: args.expect_frames,
     };
-    let code = runtime.block_on(run(args, outgoing, media));
+    // Built once, before joining: a bad --ca-cert is a bad flag. Only `wss://` needs it.
+    let tls = if args.server.starts_with("wss://") || !args.ca_cert.is_empty() {
+        match peer::tls::client_config(&args.ca_cert) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("peer: {e}");
+                std::process::exit(2);
+            }
+        }
+    } else {
+        None
+    };
+    let code = runtime.block_on(run(args, outgoing, media, tls));
     // Exit with the runtime still alive: dropping it would wait for the blocking stdin read,
     // which cannot be cancelled and may never end.
     std::process::exit(code);
 }
 
-async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>, media: MediaOptions) -> i32 {
+async fn run(
+    args: Args,
+    outgoing: Vec<Arc<Outgoing>>,
+    media: MediaOptions,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> i32 {
     let tasks = TaskTracker::new();
     let (server_tx, server_rx) = mpsc::channel(256);
     let signaling = Signaling::start(
@@ -183,6 +213,7 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>, media: MediaOptions) -> i
             room: args.room.clone(),
             name: args.name.clone(),
             token: args.token,
+            tls,
         },
         server_tx,
         &tasks,
@@ -212,9 +243,7 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>, media: MediaOptions) -> i
         relay_only: args.relay_only,
         files: FileOptions {
             send: outgoing,
-            // Absolute, so that the events' `path` says where a file went whatever the reader's
-            // working directory.
-            receive_dir: std::path::absolute(&args.receive_dir).unwrap_or(args.receive_dir),
+            receive: receiving(args.receive_dir, args.expect_files, args.max_file_size, args.test_file_idle),
             expect: args.expect_files,
             corrupt: args.test_corrupt_file,
         },
@@ -229,7 +258,8 @@ async fn run(args: Args, outgoing: Vec<Arc<Outgoing>>, media: MediaOptions) -> i
     match outcome {
         Outcome::Done => 0,
         Outcome::Failed(reason) => {
-            eprintln!("peer: {reason}");
+            // The reason may quote the server or a remote: never let it steer the terminal.
+            eprintln!("peer: {}", peer::output::printable(&reason));
             1
         }
     }
@@ -244,6 +274,23 @@ fn load<T>(flag: &str, loaded: Result<T, String>) -> Arc<T> {
             std::process::exit(2);
         }
     }
+}
+
+/// How files are received, if at all: only with `--receive-dir` or `--expect-files`.
+fn receiving(
+    dir: Option<PathBuf>,
+    expect: Option<usize>,
+    max_size: u64,
+    idle: Option<Duration>,
+) -> Option<Receiving> {
+    let dir = dir.or_else(|| expect.map(|_| PathBuf::from("received")))?;
+    Some(Receiving {
+        // Absolute, so that the events' `path` says where a file went whatever the reader's
+        // working directory.
+        dir: std::path::absolute(&dir).unwrap_or(dir),
+        max_size,
+        idle: idle.unwrap_or(files::DEFAULT_IDLE),
+    })
 }
 
 /// Reads stdin line by line. A line that is not UTF-8 is refused with a message.

@@ -271,7 +271,8 @@ impl Mesh<'_> {
             ice_tick: self.options.ice_tick,
             ice_servers: self.ice_servers.clone(),
             relay_only: self.options.relay_only,
-            inbox: Some(Inbox { dir: self.options.files.receive_dir.clone(), events: self.file_tx.clone() }),
+            // A fresh inbox per link: its slots are this remote's.
+            inbox: self.options.files.receive.clone().map(|r| Inbox::new(r, self.file_tx.clone())),
             media: self.media.clone(),
         };
         match Link::new(id.to_string(), polite, &options, self.link_tx.clone()).await {

@@ -1,7 +1,14 @@
 //! What the user sees on stdout: one line per [`Event`], human-readable or `--json`
 //! (INTERFACES.md). Logs go to stderr through `tracing`, never here.
+//!
+//! Human lines carry text other people chose (chat lines, names, refusal reasons). A terminal
+//! obeys control characters in it: ESC sequences retitle the window or move the cursor, CR and
+//! LF let a chat line fake a line of ours (`* alice left`). So every human line goes through
+//! [`printable`] before it is written; `--json` needs nothing (JSON escapes controls itself).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
 use protocol::PeerInfo;
@@ -78,12 +85,12 @@ impl Output {
             Event::File(file) if self.json => files::json_event(file).map(|v| v.to_string()),
             Event::File(file) => {
                 let who = file.peer().map(|id| self.who(id)).unwrap_or_default();
-                files::human_line(file, &who, self.bars.as_mut())
+                files::human_line(file, &who, self.bars.as_mut()).map(|line| printable(&line).into_owned())
             }
             Event::Media(m) if self.json => media::json_event(m).map(|v| v.to_string()),
             Event::Media(m) => media::human_line(m, &m.peer().map(|id| self.who(id)).unwrap_or_default()),
             _ if self.json => Some(Self::json_line(event)),
-            _ => Some(self.human_line(event)),
+            _ => Some(printable(&self.human_line(event)).into_owned()),
         };
         let Some(line) = line else { return };
         let print = || {
@@ -121,11 +128,14 @@ impl Output {
         value.to_string()
     }
 
+    /// How a remote is named in human lines (and progress bars): made printable here too,
+    /// since a bar's label does not pass through [`Output::emit`]'s line.
     fn who(&self, id: &str) -> String {
-        match self.names.get(id) {
+        let who = match self.names.get(id) {
             Some(name) if name != id => format!("{name} ({id})"),
             _ => id.to_string(),
-        }
+        };
+        printable(&who).into_owned()
     }
 
     fn human_line(&mut self, event: &Event) -> String {
@@ -173,6 +183,38 @@ impl Output {
     }
 }
 
+/// `text` with every character a terminal would act on made visible: C0 controls, DEL and C1
+/// controls (ESC, BEL, CR, LF, CSI U+009B, ...) become `\x1b`, `\n`, `\r`, `\t`, `\u{9b}`;
+/// bidirectional overrides and isolates (U+202A-U+202E, U+2066-U+2069), which reorder what
+/// follows on the line (a name could otherwise pass for another), become `\u{202e}` and the like.
+/// A backslash stays as it is: a line that already reads `\x1b` is not an escape sequence.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && needs_escape(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    // `is_control` is Unicode's Cc: U+0000-U+001F, U+007F-U+009F.
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +243,21 @@ mod tests {
         out.human_line(&Event::PeerJoined { id: "b1".into(), name: "bob".into() });
         assert_eq!(out.human_line(&Event::Message { from: "b1".into(), text: "hi".into() }), "<bob> hi");
         assert_eq!(out.human_line(&Event::PeerLeft { id: "b1".into() }), "* bob (b1) left");
+    }
+
+    #[test]
+    fn remote_control_characters_are_shown_not_obeyed() {
+        // The attack from issue 13: retitle the terminal, then fake a line of ours.
+        assert_eq!(printable("\u{1b}]0;pwned\u{7}\n* alice left"), "\\x1b]0;pwned\\x07\\n* alice left");
+        assert_eq!(printable("a\rb\tc\u{7f}\u{9b}2J\u{0}"), "a\\rb\\tc\\x7f\\u{9b}2J\\x00");
+        assert_eq!(printable("bob\u{202e}evil\u{2069}"), "bob\\u{202e}evil\\u{2069}");
+        assert!(matches!(printable("plain text, é, 日本, \\x1b stays"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn names_are_printable_in_every_line() {
+        let mut out = Output::new(false);
+        out.human_line(&Event::PeerJoined { id: "b1".into(), name: "bo\u{1b}[2Jb".into() });
+        assert_eq!(out.who("b1"), "bo\\x1b[2Jb (b1)");
     }
 }

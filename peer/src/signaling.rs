@@ -9,6 +9,7 @@
 //! dropped after a fresh one (they were addressed to peers of a session that no longer exists).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -43,6 +44,9 @@ pub struct JoinParams {
     pub name: Option<String>,
     /// A room token, for servers that require one.
     pub token: Option<String>,
+    /// TLS settings for a `wss://` URL (see [`crate::tls`]); `None` uses tungstenite's own
+    /// (the system's roots only).
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// What the server told us, or what happened to the connection.
@@ -243,9 +247,12 @@ async fn connect_and_join(
     resume: Option<String>,
     handled: Option<u64>,
 ) -> Result<(Ws, Welcome), Ended> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(params.url.as_str())
-        .await
-        .map_err(|e| Ended::Lost(format!("cannot connect: {e}")))?;
+    // The connector is used for `wss://` only; a `ws://` URL connects in plain text.
+    let connector = params.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(params.url.as_str(), None, false, connector)
+            .await
+            .map_err(|e| Ended::Lost(connect_error(&e)))?;
     let join = ClientMessage::Join(Join {
         room: params.room.clone(),
         name: params.name.clone(),
@@ -264,6 +271,18 @@ async fn connect_and_join(
             }
             other => tracing::debug!("ignoring {other:?} before welcome"),
         }
+    }
+}
+
+/// Why a connect failed, with the way out when it is the server's certificate.
+fn connect_error(error: &tokio_tungstenite::tungstenite::Error) -> String {
+    let text = error.to_string();
+    if text.contains("certificate") {
+        format!(
+            "cannot connect: {text} (to trust a server's own certificate, give its CA with --ca-cert PEM)"
+        )
+    } else {
+        format!("cannot connect: {text}")
     }
 }
 

@@ -596,3 +596,241 @@ async fn browser_to_browser_a_file_arrives_with_the_same_sha256(sender: BrowserK
     ana.close().await;
     bob.close().await;
 }
+
+// ---- what a room member cannot make a peer take (issue 13) -------------------------------------
+
+/// A peer started without `--receive-dir` or `--expect-files` takes no file: the sender hears
+/// "not accepting files" at once, and the receiver reports nothing received.
+#[test]
+fn a_peer_that_did_not_opt_in_refuses_files() {
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("opt-in");
+        let source = scratch.join("unasked.bin");
+        write_random(&source, 100 * KIB);
+        let mut bob = Peer::spawn(&server, &["--name", "bob"]).await;
+        let bob_id = bob.joined().await;
+        let mut ana = Peer::spawn(&server, &["--name", "ana", "--send-file", path_str(&source)]).await;
+        ana.joined().await;
+        let sent = ana.wait_event("file_sent").await;
+        assert_eq!(sent["to"], bob_id.as_str(), "{sent}");
+        assert_eq!(sent["ok"], false, "{sent}");
+        assert!(
+            sent["error"].as_str().is_some_and(|e| e.contains("not accepting files")),
+            "the sender hears why: {sent}"
+        );
+        bob.assert_none("file_received", |e| is(e, "file_received"));
+    });
+}
+
+/// `--max-file-size`: a header announcing more is refused right after the header, on both sides,
+/// and nothing is written (not even the receive dir).
+#[test]
+fn a_file_over_max_file_size_is_refused_after_its_header() {
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("max-size");
+        let source = scratch.join("big.bin");
+        write_random(&source, 2 * KIB + 1);
+        let inbox = scratch.join("inbox");
+        let mut bob = Peer::spawn(
+            &server,
+            &["--name", "bob", "--receive-dir", path_str(&inbox), "--max-file-size", "2K"],
+        )
+        .await;
+        bob.joined().await;
+        let mut ana = Peer::spawn(&server, &["--name", "ana", "--send-file", path_str(&source)]).await;
+        ana.joined().await;
+        let failed = bob.wait_event("file_failed").await;
+        assert_eq!(failed["name"], "big.bin", "{failed}");
+        assert!(failed["error"].as_str().is_some_and(|e| e.contains("too large")), "{failed}");
+        let sent = ana.wait_event("file_sent").await;
+        assert_eq!(sent["ok"], false, "{sent}");
+        assert!(sent["error"].as_str().is_some_and(|e| e.contains("too large")), "{sent}");
+        assert_eq!(entries(&inbox), Vec::<String>::new(), "nothing written");
+    });
+}
+
+/// Issue 13's attack: a room member (mallory) opens 64 `file` channels to bob, sends a header on
+/// each and stalls. Before, the 64 incoming slots were shared by everyone and never timed out, so
+/// every later transfer, from anyone, was refused. Now mallory holds 4 slots of its own (the
+/// other 60 are answered "busy" at once) and carol's file still arrives, while mallory's 4 are
+/// still stalled (bob's idle limit is set far away to show the slots alone do it).
+#[test]
+fn a_member_stalling_64_transfers_does_not_block_another_members_file() {
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("stall-64");
+        let bait = scratch.join("bait.bin");
+        write_random(&bait, 64 * KIB);
+        let source = scratch.join("carol.bin");
+        let sha = write_random(&source, 100 * KIB);
+        let inbox = scratch.join("inbox");
+        let mut bob = Peer::spawn(
+            &server,
+            &["--name", "bob", "--receive-dir", path_str(&inbox), "--test-file-idle", "10m"],
+        )
+        .await;
+        let bob_id = bob.joined().await;
+
+        let mut args = vec!["--name", "mallory", "--test-corrupt-file", "stall"];
+        for _ in 0..64 {
+            args.extend(["--send-file", path_str(&bait)]);
+        }
+        let mut mallory = Peer::spawn(&server, &args).await;
+        let mallory_id = mallory.joined().await;
+        let busy = mallory
+            .wait_for_count("60 refused transfers", 60, |e| {
+                is(e, "file_sent")
+                    && e["ok"] == false
+                    && e["error"].as_str().is_some_and(|e| e.contains("busy"))
+            })
+            .await;
+        assert!(busy.iter().all(|e| e["to"] == bob_id.as_str()));
+
+        let mut carol = Peer::spawn(&server, &["--name", "carol", "--send-file", path_str(&source)]).await;
+        let carol_id = carol.joined().await;
+        let received = bob.wait_event("file_received").await;
+        assert_eq!(received["from"], carol_id.as_str(), "{received}");
+        assert_eq!(received["sha256"], sha.as_str(), "{received}");
+        let sent =
+            carol.wait_for("file_sent to bob", |e| is(e, "file_sent") && e["to"] == bob_id.as_str()).await;
+        assert_eq!(sent["ok"], true, "carol's file was taken: {sent}");
+        // Mallory's 4 are still held: no answer yet, and nothing of them stored.
+        mallory.assert_none("an outcome of the 4 held", |e| {
+            is(e, "file_sent")
+                && e["to"] == bob_id.as_str()
+                && !e["error"].as_str().is_some_and(|e| e.contains("busy"))
+        });
+        bob.assert_none("a file from mallory", |e| {
+            is(e, "file_received") && e["from"] == mallory_id.as_str()
+        });
+        assert_eq!(
+            entries(&inbox).iter().filter(|n| !n.starts_with('.')).count(),
+            1,
+            "{:?}",
+            entries(&inbox)
+        );
+    });
+}
+
+/// A transfer that receives nothing for the idle time (here 2 s, `--test-file-idle`; 30 s by
+/// default) fails on both sides and leaves nothing in the receive dir.
+#[test]
+fn a_stalled_transfer_fails_after_the_idle_time_and_leaves_nothing() {
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("idle");
+        let bait = scratch.join("stalled.bin");
+        write_random(&bait, 64 * KIB);
+        let inbox = scratch.join("inbox");
+        let mut bob = Peer::spawn(
+            &server,
+            &["--name", "bob", "--receive-dir", path_str(&inbox), "--test-file-idle", "2s"],
+        )
+        .await;
+        bob.joined().await;
+        let mut mallory = Peer::spawn(
+            &server,
+            &["--name", "mallory", "--send-file", path_str(&bait), "--test-corrupt-file", "stall"],
+        )
+        .await;
+        let mallory_id = mallory.joined().await;
+        let failed = bob.wait_event("file_failed").await;
+        assert_eq!(failed["from"], mallory_id.as_str(), "{failed}");
+        assert!(failed["error"].as_str().is_some_and(|e| e.contains("nothing received")), "{failed}");
+        let sent = mallory.wait_event("file_sent").await;
+        assert_eq!(sent["ok"], false, "{sent}");
+        assert_eq!(entries(&inbox), Vec::<String>::new(), "the temporary file is gone");
+    });
+}
+
+/// The page takes no file over 1 GiB (it holds received files in memory): the header is
+/// answered `{"ok":false}` at once, the row shows `failed`, the sender hears "too large". The
+/// sender's file is sparse, so the test writes nothing near a gigabyte to disk.
+#[test]
+fn the_page_refuses_a_file_over_1_gib_after_its_header() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let scratch = Scratch::new("page-1g");
+        let path = scratch.join("huge.iso");
+        let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("cannot create: {e}"));
+        file.set_len(1024 * MIB + 1).unwrap_or_else(|e| panic!("cannot size the sparse file: {e}"));
+        drop(file);
+        let ana = Browser::start("ana").await;
+        ana.join(&server, "files", "ana").await;
+        let mut rusty =
+            Peer::spawn(&server, &["--room", "files", "--name", "rusty", "--send-file", path_str(&path)])
+                .await;
+        rusty.joined().await;
+        let (_, download, _) = wait_row(&ana, "huge.iso", "in", "failed").await;
+        assert_eq!(download, "", "no download link");
+        let sent = rusty.wait_for_within(BIG_DEADLINE, "file_sent", |e| is(e, "file_sent")).await;
+        assert_eq!(sent["ok"], false, "{sent}");
+        assert!(sent["error"].as_str().is_some_and(|e| e.contains("too large")), "{sent}");
+        ana.close().await;
+    });
+}
+
+/// The page's side of issue 13's attack: a member that stalls 6 transfers holds 4 of the page's
+/// slots for itself (the other 2 are answered "busy"); another member's file still arrives, and
+/// is offered as an `application/octet-stream` blob with a `download` name.
+#[test]
+fn the_page_takes_4_transfers_per_peer_and_another_peers_file_still_arrives() {
+    isolated(|| async {
+        let server = start_server_with_page(&[]).await;
+        let scratch = Scratch::new("page-slots");
+        let bait = scratch.join("bait.bin");
+        write_random(&bait, 64 * KIB);
+        let source = scratch.join("carol.txt");
+        let sha = write_random(&source, 10 * KIB);
+        let ana = Browser::start("ana").await;
+        let ana_id = ana.join(&server, "files", "ana").await;
+
+        let mut args = vec!["--room", "files", "--name", "mallory", "--test-corrupt-file", "stall"];
+        for _ in 0..6 {
+            args.extend(["--send-file", path_str(&bait)]);
+        }
+        let mut mallory = Peer::spawn(&server, &args).await;
+        mallory.joined().await;
+        let busy = mallory
+            .wait_for_count("2 refused transfers", 2, |e| {
+                is(e, "file_sent")
+                    && e["ok"] == false
+                    && e["error"].as_str().is_some_and(|e| e.contains("busy"))
+            })
+            .await;
+        assert!(busy.iter().all(|e| e["to"] == ana_id.as_str()));
+        let receiving = ana
+            .wait_until(
+                "4 stalled rows",
+                r#"const n = document.querySelectorAll('[data-file-name="bait.bin"][data-file-state="receiving"]').length;
+                   return n === 4 ? n : null;"#,
+            )
+            .await;
+        assert_eq!(receiving, 4);
+
+        let mut carol =
+            Peer::spawn(&server, &["--room", "files", "--name", "carol", "--send-file", path_str(&source)])
+                .await;
+        carol.joined().await;
+        let (shown, download, _) = wait_row(&ana, "carol.txt", "in", "done").await;
+        assert_eq!(shown, sha);
+        assert_eq!(download, "carol.txt");
+        let sent =
+            carol.wait_for("file_sent to ana", |e| is(e, "file_sent") && e["to"] == ana_id.as_str()).await;
+        assert_eq!(sent["ok"], true, "{sent}");
+        let link = ana
+            .eval(
+                r#"const a = document.querySelector('[data-file-name="carol.txt"] a[download]');
+                   const x = new XMLHttpRequest();
+                   x.open('GET', a.href, false);
+                   x.send();
+                   return { href: a.href, type: x.getResponseHeader('Content-Type'), size: x.responseText.length };"#,
+            )
+            .await;
+        assert!(link["href"].as_str().is_some_and(|h| h.starts_with("blob:")), "{link}");
+        assert_eq!(link["type"], "application/octet-stream", "{link}");
+        ana.close().await;
+    });
+}

@@ -351,3 +351,53 @@ fn human_lines_show_the_rate() {
     let line = human_line(&sent, "bob (p2)", None).unwrap_or_default();
     assert_eq!(line, "* sent b.bin (10.00 MiB) to bob (p2) in 2.0 s, 5.00 MiB/s; verified by the receiver");
 }
+
+#[test]
+fn a_header_over_the_size_limit_is_refused_before_anything_is_written() {
+    let dir = Scratch::new();
+    let inbox = dir.path().join("inbox");
+    let data = random_bytes(1000);
+    let mut incoming = Incoming::new(&inbox).with_max_size(999);
+    let error = incoming.on_message(true, &header("big.bin", &data)).err();
+    assert!(matches!(error, Some(FileError::TooLarge { size: 1000, max: 999 })), "{error:?}");
+    assert!(incoming.is_finished());
+    assert!(!inbox.exists(), "not even the receive dir was created");
+    let mut incoming = Incoming::new(&inbox).with_max_size(1000);
+    incoming.on_message(true, &header("fits.bin", &data)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_header_over_the_free_space_is_refused_and_leaves_nothing() {
+    let dir = Scratch::new();
+    let huge = Header { name: "huge.bin".into(), size: u64::MAX / 2, sha256: sha(b"") }.to_json();
+    let mut incoming = Incoming::new(dir.path());
+    let error = incoming.on_message(true, huge.as_bytes()).err();
+    assert!(matches!(error, Some(FileError::NoSpace { .. })), "{error:?}");
+    assert_eq!(dir.entries(), Vec::<String>::new());
+}
+
+#[test]
+fn an_abandoned_transfer_leaves_nothing() {
+    let dir = Scratch::new();
+    let data = random_bytes(3 * CHUNK_BYTES);
+    let mut incoming = Incoming::new(dir.path());
+    incoming.on_message(true, &header("stalled.bin", &data)).unwrap_or_else(|e| panic!("{e}"));
+    incoming.on_message(false, &data[..CHUNK_BYTES]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dir.entries().len(), 1, "the temporary file while receiving");
+    incoming.abandon();
+    assert!(incoming.is_finished());
+    assert_eq!(dir.entries(), Vec::<String>::new());
+    assert!(incoming.on_close().is_none(), "abandoned is finished: no second failure");
+}
+
+#[test]
+fn sizes_take_binary_suffixes() {
+    assert_eq!(parse_size("4096"), Ok(4096));
+    assert_eq!(parse_size("512K"), Ok(512 << 10));
+    assert_eq!(parse_size("100m"), Ok(100 << 20));
+    assert_eq!(parse_size("4G"), Ok(4 << 30));
+    assert_eq!(DEFAULT_MAX_FILE_SIZE, 4 << 30);
+    for bad in ["", "G", "1.5G", "-1", "4T", "99999999999999999999G"] {
+        assert!(parse_size(bad).is_err(), "{bad:?}");
+    }
+}

@@ -239,7 +239,12 @@ async fn file_pair(name: &str) -> FilePair {
     std::fs::write(&source, vec![7u8; 3000]).expect("write the file");
     let file = Arc::new(files::Outgoing::prepare(&source).expect("prepare"));
     let (received_tx, received) = mpsc::channel(1024);
-    let inbox = Inbox { dir: dir.join("in"), events: received_tx };
+    let receiving = files::Receiving {
+        dir: dir.join("in"),
+        max_size: files::DEFAULT_MAX_FILE_SIZE,
+        idle: files::DEFAULT_IDLE,
+    };
+    let inbox = Inbox::new(receiving, received_tx);
     let mut pair = pair_with(Wire::Trickle, LinkOptions { inbox: Some(inbox), ..loopback() }).await;
     pair.a.offer().await;
     expect_open(&mut pair.a_events).await;
@@ -308,7 +313,7 @@ impl FilePair {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_files_sent_at_once_on_a_live_connection_all_arrive() {
     let mut p = file_pair("at-once").await;
-    // Below the receiver's limit of transfers at once (`files::MAX_INCOMING`).
+    // The sender runs `channels::TRANSFERS_AT_ONCE` of them at a time, the rest queue.
     p.send_at_once(32).await;
     p.expect_stored(32).await;
     p.close().await;

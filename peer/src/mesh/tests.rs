@@ -7,8 +7,13 @@ use crate::transport;
 /// A [`Signaling`] whose task finds no server and stops: what the mesh relays goes nowhere.
 fn no_signaling(tasks: &TaskTracker) -> Signaling {
     let (events, _) = mpsc::channel(1);
-    let params =
-        JoinParams { url: "ws://127.0.0.1:9/ws".into(), room: "test".into(), name: None, token: None };
+    let params = JoinParams {
+        url: "ws://127.0.0.1:9/ws".into(),
+        room: "test".into(),
+        name: None,
+        token: None,
+        tls: None,
+    };
     Signaling::start(params, events, tasks)
 }
 
