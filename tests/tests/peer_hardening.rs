@@ -90,7 +90,8 @@ fn peers_chat_over_wss_with_ca_cert_and_refuse_an_unknown_certificate() {
         let output = tokio::time::timeout(
             DEFAULT_DEADLINE,
             Command::new(bin_path("peer"))
-                .args(["--server", &url, "--room", "secure", "--json"])
+                // --expect: without it the peer would exit 0 at the end of its (empty) stdin.
+                .args(["--server", &url, "--room", "secure", "--json", "--expect", "1"])
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .output(),
