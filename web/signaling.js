@@ -1,5 +1,9 @@
 // The signaling client: one WebSocket to the server's /ws, with join, reconnect and resume
 // exactly as PROTOCOL.md ("Resume") and INTERFACES.md ("Reconnect and resume") describe.
+// Sequence numbers (v1.1): `lastSeq` is the highest `seq` handed to the app (events are
+// dispatched synchronously, so handed means handled); every resume sends it as `last_seq`, so
+// the server delivers again what died unread with the old socket, and anything at or below it
+// is ignored. A server without numbers (v1) works as before.
 //
 // Events (all CustomEvent, payload in `detail`):
 //   state    {state, code?, reason?}  state: connecting | joined | reconnecting | closed
@@ -27,6 +31,8 @@ export class Signaling extends EventTarget {
     this.ws = null;
     this.id = null;
     this.resumeToken = null;
+    // Highest seq handled; null until the server numbers its messages.
+    this.lastSeq = null;
     this.joined = false;
     this.finished = false;
     this.retryMs = FIRST_RETRY_MS;
@@ -52,7 +58,10 @@ export class Signaling extends EventTarget {
       const join = { type: "join", room: this.room };
       if (this.name) join.name = this.name;
       if (this.token) join.token = this.token;
-      if (this.resumeToken) join.resume = this.resumeToken;
+      if (this.resumeToken) {
+        join.resume = this.resumeToken;
+        if (this.lastSeq !== null) join.last_seq = this.lastSeq;
+      }
       ws.send(JSON.stringify(join));
     };
     ws.onmessage = (event) => {
@@ -86,6 +95,8 @@ export class Signaling extends EventTarget {
         const fresh = !msg.resumed;
         this.id = msg.id;
         this.resumeToken = msg.resume_token ?? null;
+        // A new session numbers from its welcome on; a resumed one goes on from lastSeq.
+        if (fresh) this.lastSeq = Number.isInteger(msg.seq) ? msg.seq : null;
         this.joined = true;
         this.retryMs = FIRST_RETRY_MS;
         const queued = this.outbox;
@@ -103,9 +114,17 @@ export class Signaling extends EventTarget {
         break;
       case "peer_joined":
       case "peer_left":
-      case "signal":
+      case "signal": {
+        const seq = Number.isInteger(msg.seq) ? msg.seq : null;
+        if (seq !== null && this.lastSeq !== null && seq <= this.lastSeq) {
+          // Defensive: the server never sends a message at or below last_seq again.
+          console.debug("signaling: ignoring already handled seq", seq);
+          break;
+        }
         this.emit("message", { msg });
+        if (seq !== null) this.lastSeq = seq;
         break;
+      }
       default:
         // Unknown types are extensions we did not ask for; ignore them (PROTOCOL.md).
         break;

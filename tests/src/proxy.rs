@@ -1,11 +1,18 @@
 //! A TCP proxy the test owns, to drop one client's connections without touching the server or
 //! anyone else: put it between a client and the server, then [`CuttingProxy::cut`] aborts every
 //! connection it carries and refuses new ones until [`CuttingProxy::restore`].
+//!
+//! [`CuttingProxy::hold`] makes a cut land at a chosen moment: from then on the server's bytes
+//! are read (so the server's writes succeed) but kept instead of forwarded, and
+//! [`CuttingProxy::wait_held`] waits until a given text has been written into the held
+//! connection. A cut then resets both sides: what was held dies with the connection.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,6 +23,14 @@ pub struct CuttingProxy {
     /// Bumped by every cut; connection tasks end when it changes.
     cuts: watch::Sender<u64>,
     accept: JoinHandle<()>,
+    held: Arc<Held>,
+}
+
+/// Server-to-client bytes kept instead of forwarded while holding.
+#[derive(Default)]
+struct Held {
+    holding: AtomicBool,
+    bytes: Mutex<Vec<u8>>,
 }
 
 impl CuttingProxy {
@@ -31,9 +46,11 @@ impl CuttingProxy {
         let addr = listener.local_addr().expect("proxy: no local address");
         let open = Arc::new(AtomicBool::new(true));
         let (cuts, _) = watch::channel(0_u64);
+        let held = Arc::new(Held::default());
         let accept = {
             let open = Arc::clone(&open);
             let cuts = cuts.clone();
+            let held = Arc::clone(&held);
             tokio::spawn(async move {
                 loop {
                     let client = match listener.accept().await {
@@ -54,18 +71,61 @@ impl CuttingProxy {
                         drop(client);
                         continue;
                     }
+                    let held = Arc::clone(&held);
                     tokio::spawn(async move {
-                        let Ok(mut server) = TcpStream::connect(upstream).await else { return };
-                        let mut client = client;
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                            _ = cut.changed() => {}
+                        let Ok(server) = TcpStream::connect(upstream).await else { return };
+                        let (mut client_read, mut client_write) = client.into_split();
+                        let (mut server_read, mut server_write) = server.into_split();
+                        let upstream_copy = tokio::io::copy(&mut client_read, &mut server_write);
+                        let downstream_copy = forward_or_hold(&mut server_read, &mut client_write, &held);
+                        let was_cut = tokio::select! {
+                            _ = upstream_copy => false,
+                            _ = downstream_copy => false,
+                            _ = cut.changed() => true,
+                        };
+                        if was_cut {
+                            // A cut resets both sides (RST), as a dying path or process would.
+                            let halves =
+                                [client_read.reunite(client_write), server_read.reunite(server_write)];
+                            for stream in halves.into_iter().flatten() {
+                                let _ = stream.set_zero_linger();
+                            }
                         }
                     });
                 }
             })
         };
-        CuttingProxy { addr, open, cuts, accept }
+        CuttingProxy { addr, open, cuts, accept, held }
+    }
+
+    /// `ws://127.0.0.1:PORT/ws`: the signaling URL through the proxy.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// From now on the server's bytes are read but not forwarded (until the next cut).
+    pub fn hold(&self) {
+        self.held.bytes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.held.holding.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the server has written `text` into a held connection: true, or false after
+    /// `deadline`.
+    pub async fn wait_held(&self, text: &str, deadline: Duration) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let found = {
+                let bytes = self.held.bytes.lock().unwrap_or_else(|e| e.into_inner());
+                bytes.windows(text.len()).any(|w| w == text.as_bytes())
+            };
+            if found {
+                return true;
+            }
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// `http://IP:PORT`: where a client should connect instead of the server.
@@ -73,10 +133,11 @@ impl CuttingProxy {
         format!("http://{}", self.addr)
     }
 
-    /// Aborts every connection carried so far and refuses new ones.
+    /// Aborts every connection carried so far and refuses new ones. Held bytes are lost.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.cuts.send_modify(|n| *n += 1);
+        self.held.holding.store(false, Ordering::SeqCst);
     }
 
     /// Lets new connections through again.
@@ -90,5 +151,25 @@ impl Drop for CuttingProxy {
         self.accept.abort();
         // And every connection it still carries.
         self.cuts.send_modify(|n| *n += 1);
+    }
+}
+
+/// Copies the server's bytes to the client, or keeps them while holding.
+async fn forward_or_hold(
+    server: &mut tokio::net::tcp::OwnedReadHalf,
+    client: &mut tokio::net::tcp::OwnedWriteHalf,
+    held: &Held,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match server.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if held.holding.load(Ordering::SeqCst) {
+            held.bytes.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buffer[..read]);
+        } else if client.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
