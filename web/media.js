@@ -57,8 +57,10 @@ export class Call {
     this.links.set(link.id, entry);
     link.pc.addEventListener("track", (event) => this.onTrack(entry, event));
     if (entry.ready) {
-      // We are the newcomer and make the first offer: the tracks go into it.
-      this.syncSenders(entry);
+      // We are the newcomer and make the first offer: the tracks go into it, after the `chat`
+      // channel that app.js opens next. The data section must come first: webrtc-rs 0.21
+      // answers an offer whose audio and video come before it, but never opens the channel.
+      queueMicrotask(() => this.syncSenders(entry));
     } else {
       // They offer first. Adding tracks now would start an offer of our own that collides with
       // theirs; wait until their first offer is answered.
@@ -322,9 +324,12 @@ export class Call {
     const n = this.tiles.size;
     this.stage.hidden = n === 0;
     if (n === 0) return;
-    const gap = 8;
-    const width = this.stage.clientWidth || 640;
-    const height = this.stage.clientHeight || 360;
+    const style = getComputedStyle(this.stage);
+    const gap = parseFloat(getComputedStyle(this.grid).columnGap) || 8;
+    const padX = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+    const padY = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
+    const width = (this.stage.clientWidth || 640) - padX;
+    const height = (this.stage.clientHeight || 360) - padY;
     let best = { cols: 1, size: 0 };
     for (let cols = 1; cols <= n; cols += 1) {
       const rows = Math.ceil(n / cols);
@@ -334,7 +339,7 @@ export class Call {
       if (size > best.size) best = { cols, size };
     }
     this.grid.style.setProperty("--cols", String(best.cols));
-    this.grid.style.setProperty("--tile-w", `${Math.max(80, Math.floor(best.size))}px`);
+    this.grid.style.setProperty("--tile-w", `${Math.max(60, Math.floor(best.size))}px`);
     this.stage.dataset.count = String(n);
   }
 

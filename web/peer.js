@@ -111,7 +111,7 @@ export class PeerLink extends EventTarget {
   handleSignal(signal) {
     this.queue = this.queue
       .then(() => this.applySignal(signal))
-      .catch((err) => console.warn(`signal from ${this.id} not applied:`, err, signal));
+      .catch((err) => console.warn(`signal from ${this.id} not applied: ${err?.name}: ${err?.message}`, signal?.type));
   }
 
   async applySignal(signal) {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rtc::interceptor::Registry;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use serde_json::{Value, json};
@@ -168,8 +168,14 @@ pub fn codec(kind: Kind) -> RTCRtpCodec {
     }
 }
 
-/// The codecs every client offers (PROTOCOL.md): VP8 and Opus, with webrtc-rs's default
-/// interceptors (NACK both ways, RTCP reports, TWCC feedback).
+/// The codecs every client offers (PROTOCOL.md): VP8 and Opus, with NACK (both ways) and RTCP
+/// reports.
+///
+/// No RTP header extension is registered (webrtc-rs's defaults add `sdes:mid`, the RID ones and
+/// transport-wide CC): webrtc-rs 0.21 numbers them its own way again in every offer it makes,
+/// also after answering a browser's offer that numbered them differently, and Chromium refuses
+/// such a re-offer ("RTP extension ID reassignment not supported"), which broke the call with
+/// that peer for good. Without them the packets are told apart by SSRC, as the SDP lists them.
 pub fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
     let mut engine = MediaEngine::default();
     for (kind, rtp_kind, payload_type) in
@@ -177,7 +183,7 @@ pub fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
     {
         engine.register_codec(RTCRtpCodecParameters { rtp_codec: codec(kind), payload_type }, rtp_kind)?;
     }
-    let registry = register_default_interceptors(Registry::new(), &mut engine)?;
+    let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
     Ok((engine, registry))
 }
 
