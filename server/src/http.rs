@@ -27,10 +27,11 @@ use crate::ws;
 struct BuiltInPage;
 
 /// The page loads only its own scripts and styles (no inline script), talks only to its own
-/// origin (`'self'` covers its ws:/wss: in CSP 3), shows media and files from `blob:`, and may
-/// not be framed (clickjacking).
+/// origin (`'self'` covers its ws:/wss: in CSP 3), shows media and files from `blob:` (and may
+/// read back its own `blob:` URLs, which are same-origin by construction), and may not be
+/// framed (clickjacking).
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data: blob:; media-src 'self' blob: mediastream:; connect-src 'self'; \
+     img-src 'self' data: blob:; media-src 'self' blob: mediastream:; connect-src 'self' blob:; \
      object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub fn router(shared: Arc<Shared>) -> Router {
