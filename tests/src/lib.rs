@@ -25,9 +25,11 @@ pub mod coturn;
 mod netns;
 mod peer;
 pub mod proxy;
+mod scratch;
 mod server;
 
 pub use bins::{bin_path, ensure_built};
 pub use netns::{SERVICE_ADDR, Side, SplitNetwork, inside_namespace, isolated, isolated_with_timeout};
 pub use peer::{DEFAULT_DEADLINE, Peer};
+pub use scratch::Scratch;
 pub use server::Server;

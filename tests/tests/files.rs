@@ -18,7 +18,7 @@ use fantoccini::Locator;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tests::browser::{Browser, BrowserKind, start_server_with_page};
-use tests::{Peer, Server, in_each_browser, in_each_browser_pair, isolated, isolated_with_timeout};
+use tests::{Peer, Scratch, Server, in_each_browser, in_each_browser_pair, isolated, isolated_with_timeout};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -27,32 +27,6 @@ const BIG: u64 = 50 * MIB;
 /// Deadline for a 50 MB transfer in a debug build on a busy 2-core machine: "never happens",
 /// not a performance bound.
 const BIG_DEADLINE: Duration = Duration::from_secs(240);
-
-/// A directory of its own under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-files-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Writes `size` random bytes to `path` and returns their SHA-256 (hex).
 fn write_random(path: &Path, size: u64) -> String {
@@ -134,7 +108,7 @@ fn mb_per_s(bytes: u64, elapsed: Duration) -> f64 {
 fn rust_to_rust_files_of_every_size_arrive_with_the_same_sha256() {
     isolated(|| async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("r2r");
+        let scratch = Scratch::new("files", "r2r");
         let files = [("empty.bin", 0), ("one.bin", 1), ("exact.bin", 16 * KIB), ("random.bin", 3 * MIB + 7)];
         let shas: Vec<String> = files
             .iter()
@@ -189,7 +163,7 @@ fn rust_to_rust_files_of_every_size_arrive_with_the_same_sha256() {
 fn a_50_mb_file_rust_to_rust_keeps_memory_bounded() {
     isolated_with_timeout(Duration::from_secs(600), || async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("big");
+        let scratch = Scratch::new("files", "big");
         let source = scratch.join("big.bin");
         let sha = write_random(&source, BIG);
         let inbox = scratch.join("inbox");
@@ -260,7 +234,7 @@ fn a_truncated_transfer_fails_on_both_sides_and_leaves_nothing() {
 fn broken_transfer_fails_on_both_sides(how: &'static str, receiver_error: &'static str) {
     isolated(|| async move {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new(how);
+        let scratch = Scratch::new("files", how);
         let source = scratch.join("victim.bin");
         write_random(&source, 2 * MIB);
         let inbox = scratch.join("inbox");
@@ -298,7 +272,7 @@ fn broken_transfer_fails_on_both_sides(how: &'static str, receiver_error: &'stat
 fn a_sender_stopped_mid_file_leaves_nothing_behind() {
     isolated(|| async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("stopped");
+        let scratch = Scratch::new("files", "stopped");
         let source = scratch.join("long.bin");
         write_random(&source, 4 * BIG);
         let inbox = scratch.join("inbox");
@@ -335,7 +309,7 @@ fn a_sender_stopped_mid_file_leaves_nothing_behind() {
 fn hostile_names_are_contained_in_the_receive_dir() {
     isolated(|| async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("names");
+        let scratch = Scratch::new("files", "names");
         let inbox = scratch.join("a/inbox");
         let absolute = scratch.join("absolute.txt");
         let claims = [
@@ -380,7 +354,7 @@ fn hostile_names_are_contained_in_the_receive_dir() {
                 .to_vec();
         assert_eq!(entries(&inbox), expected);
         assert_eq!(
-            entries(&scratch.0),
+            entries(scratch.dir()),
             vec!["a".to_string(), "src".to_string()],
             "nothing written next to it"
         );
@@ -430,7 +404,7 @@ in_each_browser!(rust_to_browser_files_arrive_with_the_same_sha256);
 /// download link under its name.
 async fn rust_to_browser_files_arrive_with_the_same_sha256(kind: BrowserKind) {
     let server = start_server_with_page(&[]).await;
-    let scratch = Scratch::new("r2b");
+    let scratch = Scratch::new("files", "r2b");
     let files = [("photo.jpg", 3 * MIB + 5), ("exact.bin", 16 * KIB), ("empty.txt", 0)];
     let ana = Browser::start_kind(kind, "ana").await;
     let ana_id = ana.join(&server, "files", "ana").await;
@@ -463,7 +437,7 @@ in_each_browser!(the_page_shows_a_hash_mismatch_as_failed);
 /// no download; the sender hears the refusal.
 async fn the_page_shows_a_hash_mismatch_as_failed(kind: BrowserKind) {
     let server = start_server_with_page(&[]).await;
-    let scratch = Scratch::new("r2b-bad");
+    let scratch = Scratch::new("files", "r2b-bad");
     let path = scratch.join("liar.bin");
     write_random(&path, 100 * KIB);
     let ana = Browser::start_kind(kind, "ana").await;
@@ -495,7 +469,7 @@ in_each_browser!(browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256, Dura
 /// Throughput is printed for docs/benchmarks.md.
 async fn browser_to_rust_a_50_mb_file_arrives_with_the_same_sha256(kind: BrowserKind) {
     let server = start_server_with_page(&[]).await;
-    let scratch = Scratch::new("b2r");
+    let scratch = Scratch::new("files", "b2r");
     let source = scratch.join("upload.bin");
     let sha = write_random(&source, BIG);
     let small = scratch.join("tiny.txt");
@@ -542,7 +516,7 @@ in_each_browser!(files_dropped_on_the_page_reach_a_rust_peer);
 /// as the browser fires it when a person drops files from their file manager).
 async fn files_dropped_on_the_page_reach_a_rust_peer(kind: BrowserKind) {
     let server = start_server_with_page(&[]).await;
-    let scratch = Scratch::new("drop");
+    let scratch = Scratch::new("files", "drop");
     let inbox = scratch.join("inbox");
     let mut rusty = Peer::spawn(
         &server,
@@ -577,7 +551,7 @@ in_each_browser_pair!(browser_to_browser_a_file_arrives_with_the_same_sha256);
 /// Browser → browser through `#file`: the receiving page shows the same SHA-256 and a link.
 async fn browser_to_browser_a_file_arrives_with_the_same_sha256(sender: BrowserKind, receiver: BrowserKind) {
     let server = start_server_with_page(&[]).await;
-    let scratch = Scratch::new("b2b");
+    let scratch = Scratch::new("files", "b2b");
     let source = scratch.join("notes.pdf");
     let sha = write_random(&source, 2 * MIB + 3);
     let ana = Browser::start_kind(sender, "ana").await;
@@ -605,7 +579,7 @@ async fn browser_to_browser_a_file_arrives_with_the_same_sha256(sender: BrowserK
 fn a_peer_that_did_not_opt_in_refuses_files() {
     isolated(|| async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("opt-in");
+        let scratch = Scratch::new("files", "opt-in");
         let source = scratch.join("unasked.bin");
         write_random(&source, 100 * KIB);
         let mut bob = Peer::spawn(&server, &["--name", "bob"]).await;
@@ -629,7 +603,7 @@ fn a_peer_that_did_not_opt_in_refuses_files() {
 fn a_file_over_max_file_size_is_refused_after_its_header() {
     isolated(|| async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("max-size");
+        let scratch = Scratch::new("files", "max-size");
         let source = scratch.join("big.bin");
         write_random(&source, 2 * KIB + 1);
         let inbox = scratch.join("inbox");
@@ -660,7 +634,7 @@ fn a_file_over_max_file_size_is_refused_after_its_header() {
 fn a_member_stalling_64_transfers_does_not_block_another_members_file() {
     isolated(|| async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("stall-64");
+        let scratch = Scratch::new("files", "stall-64");
         let bait = scratch.join("bait.bin");
         write_random(&bait, 64 * KIB);
         let source = scratch.join("carol.bin");
@@ -720,7 +694,7 @@ fn a_member_stalling_64_transfers_does_not_block_another_members_file() {
 fn a_stalled_transfer_fails_after_the_idle_time_and_leaves_nothing() {
     isolated(|| async {
         let server = Server::start(&[]).await;
-        let scratch = Scratch::new("idle");
+        let scratch = Scratch::new("files", "idle");
         let bait = scratch.join("stalled.bin");
         write_random(&bait, 64 * KIB);
         let inbox = scratch.join("inbox");
@@ -752,7 +726,7 @@ fn a_stalled_transfer_fails_after_the_idle_time_and_leaves_nothing() {
 fn the_page_refuses_a_file_over_1_gib_after_its_header() {
     isolated(|| async {
         let server = start_server_with_page(&[]).await;
-        let scratch = Scratch::new("page-1g");
+        let scratch = Scratch::new("files", "page-1g");
         let path = scratch.join("huge.iso");
         let file = std::fs::File::create(&path).unwrap_or_else(|e| panic!("cannot create: {e}"));
         file.set_len(1024 * MIB + 1).unwrap_or_else(|e| panic!("cannot size the sparse file: {e}"));
@@ -779,7 +753,7 @@ fn the_page_refuses_a_file_over_1_gib_after_its_header() {
 fn the_page_takes_4_transfers_per_peer_and_another_peers_file_still_arrives() {
     isolated(|| async {
         let server = start_server_with_page(&[]).await;
-        let scratch = Scratch::new("page-slots");
+        let scratch = Scratch::new("files", "page-slots");
         let bait = scratch.join("bait.bin");
         write_random(&bait, 64 * KIB);
         let source = scratch.join("carol.txt");

@@ -14,7 +14,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use tests::browser::{Browser, BrowserKind, start_server_with_page};
-use tests::{Peer, in_each_browser, in_each_browser_pair, isolated};
+use tests::{Peer, Scratch, in_each_browser, in_each_browser_pair, isolated};
 
 /// The console line peer.js writes when a description or candidate cannot be applied, e.g.
 /// Chromium's "Failed to set SSL role for the transport" for an answer that flips the DTLS role.
@@ -103,36 +103,6 @@ async fn page_renegotiates_camera_on_and_off_with_a_rust_peer_and_chat_keeps_wor
 
 const FFMPEG_HINT: &str = "install Debian's `ffmpeg` (`apt-get install -y ffmpeg`; scripts/test.sh does it)";
 
-/// A directory of its own under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-media-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn str(&self) -> &str {
-        self.0.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", self.0.display()))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs a tool, failing the test with its output when it fails or is missing.
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
@@ -150,7 +120,7 @@ fn run(program: &str, args: &[&str]) -> String {
 
 /// A VP8 IVF test pattern, `seconds` long at 30 fps with a keyframe every second.
 fn make_ivf(dir: &Scratch, width: u32, height: u32, seconds: u32) -> PathBuf {
-    let path = dir.path("pattern.ivf");
+    let path = dir.join("pattern.ivf");
     let source = format!("testsrc=size={width}x{height}:rate=30");
     let seconds = seconds.to_string();
     let out = path.to_str().unwrap_or_default();
@@ -162,7 +132,7 @@ fn make_ivf(dir: &Scratch, width: u32, height: u32, seconds: u32) -> PathBuf {
 
 /// An Opus tone in Ogg, `seconds` long.
 fn make_ogg(dir: &Scratch, seconds: u32) -> PathBuf {
-    let path = dir.path("tone.ogg");
+    let path = dir.join("tone.ogg");
     let seconds = seconds.to_string();
     let out = path.to_str().unwrap_or_default();
     let args =
@@ -292,7 +262,7 @@ in_each_browser!(page_camera_and_microphone_are_recorded_by_the_rust_peer);
 /// decodes as Opus; `--expect-frames` ends the peer (exit 0) with both files complete.
 async fn page_camera_and_microphone_are_recorded_by_the_rust_peer(kind: BrowserKind) {
     let server = start_server_with_page(&[]).await;
-    let dir = Scratch::new("record");
+    let dir = Scratch::new("media", "record");
     let page = Browser::start_kind(kind, "page").await;
     page.open(&format!("{}/?room=rec&name=page&camera=1&mic=1", server.http_url())).await;
     let page_id = page.self_id().await;
@@ -371,7 +341,7 @@ in_each_browser!(rust_peer_plays_files_to_pages_that_join_before_and_after);
 /// the audio track arrives too; chat keeps working.
 async fn rust_peer_plays_files_to_pages_that_join_before_and_after(kind: BrowserKind) {
     let server = start_server_with_page(&[]).await;
-    let dir = Scratch::new("send");
+    let dir = Scratch::new("media", "send");
     let video = make_ivf(&dir, 320, 240, 2);
     let audio = make_ogg(&dir, 2);
     let early = Browser::start_kind(kind, "early").await;
@@ -475,7 +445,7 @@ async fn two_pages_call_start_and_stop_mid_call_without_losing_chat(first: Brows
 fn recordings_are_complete_after_timeout_and_sigterm() {
     isolated(|| async {
         let server = tests::Server::start(&[]).await;
-        let dir = Scratch::new("stop");
+        let dir = Scratch::new("media", "stop");
         let video = make_ivf(&dir, 160, 120, 2);
         let mut sender = Peer::spawn(
             &server,
@@ -484,7 +454,7 @@ fn recordings_are_complete_after_timeout_and_sigterm() {
         .await;
         let sender_id = sender.joined().await;
         for (label, stop_by_timeout) in [("timeout", true), ("sigterm", false)] {
-            let out = dir.path(label);
+            let out = dir.join(label);
             let out_str = out.to_str().unwrap_or_default().to_string();
             let mut args = vec!["--room", "stop", "--name", label, "--record", out_str.as_str()];
             if stop_by_timeout {
@@ -530,7 +500,7 @@ fn recordings_are_complete_after_timeout_and_sigterm() {
 fn a_call_of_two_pages_and_a_rust_peer() {
     isolated(|| async {
         let server = start_server_with_page(&[]).await;
-        let dir = Scratch::new("call");
+        let dir = Scratch::new("media", "call");
         let video = make_ivf(&dir, 640, 480, 3);
         let mut rusty = Peer::spawn(
             &server,

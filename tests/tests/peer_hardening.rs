@@ -10,32 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tests::{DEFAULT_DEADLINE, Peer, Server, bin_path, isolated};
+use tests::{DEFAULT_DEADLINE, Peer, Scratch, Server, bin_path, isolated};
 use tokio::process::Command;
-
-/// A directory of its own under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!(
-            "switchboard-hardening-{label}-{}-{:x}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
@@ -66,8 +42,8 @@ fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn peers_chat_over_wss_with_ca_cert_and_refuse_an_unknown_certificate() {
     isolated(|| async {
-        let scratch = Scratch::new("wss");
-        let (cert, key) = self_signed_cert(&scratch.0);
+        let scratch = Scratch::new("hardening", "wss");
+        let (cert, key) = self_signed_cert(scratch.dir());
         let server = Server::start(&["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)]).await;
         let url = format!("wss://localhost:{}/ws", server.addr().port());
 
@@ -109,7 +85,7 @@ fn peers_chat_over_wss_with_ca_cert_and_refuse_an_unknown_certificate() {
         assert!(!stdout.contains("\"welcome\""), "it never joined: {stdout}");
 
         // A --ca-cert that is not a certificate is a bad flag (exit 2), named in the message.
-        let not_pem = scratch.0.join("not.pem");
+        let not_pem = scratch.join("not.pem");
         std::fs::write(&not_pem, "hello\n").unwrap_or_else(|e| panic!("cannot write: {e}"));
         let output = std::process::Command::new(bin_path("peer"))
             .args(["--server", &url, "--ca-cert", path_str(&not_pem)])

@@ -8,7 +8,7 @@
 //! `without_turn_the_sides_cannot_connect` shows that premise holds.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use tests::browser::{Browser, BrowserKind, web_dir};
 use tests::coturn::Coturn;
 use tests::proxy::CuttingProxy;
-use tests::{Peer, SERVICE_ADDR, Server, SplitNetwork, in_each_browser, isolated};
+use tests::{Peer, SERVICE_ADDR, Scratch, Server, SplitNetwork, in_each_browser, isolated};
 
 const SECRET: &str = "turn-test-secret";
 /// `--timeout` of the peers that must not connect: bounds the test, and is what ends them.
@@ -50,33 +50,6 @@ impl Relay {
 
     async fn peer_in_b(&self, args: &[&str]) -> Peer {
         Peer::spawn_via(&self.net.b.launcher(), &self.server.ws_url(), args).await
-    }
-}
-
-/// A directory of its own under the system temp dir, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(label: &str) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("switchboard-turn-{label}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        Scratch(dir)
-    }
-
-    fn join(&self, name: &str) -> String {
-        let path = self.0.join(name);
-        path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display())).to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -117,10 +90,10 @@ async fn assert_relayed(peer: &mut Peer, remote: &str) {
 fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
     isolated(|| async {
         let relay = Relay::start(SECRET, &[]).await;
-        let scratch = Scratch::new("r2r");
-        let source = scratch.join("report.bin");
+        let scratch = Scratch::new("turn", "r2r");
+        let source = scratch.join_str("report.bin");
         let sha = write_random(&source, 1024 * 1024 + 7);
-        let inbox = scratch.join("inbox");
+        let inbox = scratch.join_str("inbox");
 
         let mut ana = relay
             .peer_in_a(&["--room", "r", "--name", "ana", "--send", "hello from A", "--send-file", &source])
@@ -141,7 +114,7 @@ fn rust_peers_on_two_sides_chat_and_send_a_file_through_coturn() {
             .await;
         let bob_id = bob.joined().await;
         // Ana's file reaches Cy too: into the scratch dir, not the working directory.
-        let cy_inbox = scratch.join("cy");
+        let cy_inbox = scratch.join_str("cy");
         let mut cy = relay
             .peer_in_b(&[
                 "--room",
@@ -183,8 +156,8 @@ in_each_browser!(the_page_on_one_side_and_a_rust_peer_on_the_other_connect_throu
 /// that is `relay=1`.
 async fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_coturn(kind: BrowserKind) {
     let relay = Relay::start(SECRET, &[]).await;
-    let scratch = Scratch::new("p2r");
-    let source = scratch.join("notes.bin");
+    let scratch = Scratch::new("turn", "p2r");
+    let source = scratch.join_str("notes.bin");
     let sha = write_random(&source, 512 * 1024 + 3);
 
     let page = Browser::start_kind_in(kind, "pat", &relay.net.a).await;
@@ -212,7 +185,7 @@ async fn the_page_on_one_side_and_a_rust_peer_on_the_other_connect_through_cotur
 
     assert_relayed(&mut rusty, &pat_id).await;
     // Rusty's file reaches Near too: into the scratch dir, not the working directory.
-    let near_inbox = scratch.join("near");
+    let near_inbox = scratch.join_str("near");
     let mut near = relay
         .peer_in_a(&["--room", "r", "--name", "near", "--send", "hi neighbour", "--receive-dir", &near_inbox])
         .await;
