@@ -46,11 +46,14 @@ if ! command -v geckodriver >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.carg
 fi
 geckodriver_bin=$(command -v geckodriver || echo "${CARGO_HOME:-$HOME/.cargo}/bin/geckodriver")
 
+# The first line of each version; not `| head -n 1`, which closes the pipe early and makes
+# geckodriver panic (broken pipe, exit 101) and fail this script under pipefail.
+first_line() { local out; out=$("$@" 2>/dev/null); echo "${out%%$'\n'*}"; }
 echo "==> browsers under test"
-chromium --version 2>/dev/null | head -n 1
-chromedriver --version | head -n 1
-firefox-esr --version 2>/dev/null | head -n 1
-"$geckodriver_bin" --version | head -n 1
+first_line chromium --version
+first_line chromedriver --version
+first_line firefox-esr --version
+first_line "$geckodriver_bin" --version
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check
