@@ -118,7 +118,7 @@ async fn websocket(
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let stats = shared.rooms().stats();
+    let stats = shared.rooms.stats();
     let counted = shared.admission.counted();
     let body = format!(
         "# HELP switchboard_connections Open WebSocket connections.\n\

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 use rand::distr::{Alphanumeric, SampleString};
@@ -30,22 +31,23 @@ impl std::borrow::Borrow<str> for PeerId {
 }
 
 /// Hands out ids that are never reused: a random part chosen at start (so ids differ across
-/// restarts) and a counter (so they differ within a run).
-#[derive(Debug)]
+/// restarts) and a counter (so they differ within a run). Clones share the counter, so every
+/// shard of the rooms hands out ids from the same sequence.
+#[derive(Debug, Clone)]
 pub struct IdSource {
-    start: String,
-    issued: u64,
+    start: Arc<str>,
+    issued: Arc<AtomicU64>,
 }
 
 impl IdSource {
     pub fn new() -> Self {
         let start = Alphanumeric.sample_string(&mut rand::rng(), 6).to_ascii_lowercase();
-        Self { start, issued: 0 }
+        Self { start: start.into(), issued: Arc::new(AtomicU64::new(0)) }
     }
 
-    pub fn next_id(&mut self) -> PeerId {
-        self.issued += 1;
-        PeerId(format!("{}-{}", self.start, self.issued).into())
+    pub fn next_id(&self) -> PeerId {
+        let issued = self.issued.fetch_add(1, Ordering::Relaxed) + 1;
+        PeerId(format!("{}-{issued}", self.start).into())
     }
 }
 
@@ -67,8 +69,8 @@ mod tests {
 
     #[test]
     fn ids_are_unique_within_a_run_and_across_runs() {
-        let mut first_run = IdSource::new();
-        let mut second_run = IdSource::new();
+        let first_run = IdSource::new();
+        let second_run = IdSource::new();
         let mut seen = HashSet::new();
         for _ in 0..1000 {
             assert!(seen.insert(first_run.next_id()));

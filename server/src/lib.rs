@@ -18,6 +18,7 @@ pub mod proxy;
 mod readahead;
 pub mod refusal;
 pub mod rooms;
+mod shards;
 mod state;
 pub mod tls;
 pub mod turn;
@@ -72,7 +73,7 @@ async fn sweep_expired_members(shared: std::sync::Arc<Shared>) {
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => shared.rooms().expire(Instant::now()),
+            _ = tick.tick() => shared.rooms.expire(Instant::now()),
         }
     }
 }

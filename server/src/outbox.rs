@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -21,21 +23,37 @@ pub fn cost(frame: &Frame) -> usize {
 }
 
 /// The server-wide count of bytes held in every outbound, resume and retention queue, and the
-/// bound on it (`--max-queued-bytes`). One instance, owned by `Rooms`; every queue operation
-/// that adds or drops a frame goes through it.
+/// bound on it (`--max-queued-bytes`). Each shard of the rooms owns one handle; the total is one
+/// atomic that every handle adds to and subtracts from, so the bound holds for the whole server
+/// whichever shard queues (no lock is shared for it). Each handle also keeps its own share, so
+/// that a shard can check that what it holds is what it counted.
 #[derive(Debug)]
 pub struct QueuedBytes {
-    bytes: usize,
+    /// What this handle's owner holds.
+    own: usize,
+    total: Arc<AtomicUsize>,
     limit: usize,
 }
 
 impl QueuedBytes {
+    /// A count of its own (one shard, or a test).
     pub fn new(limit: usize) -> Self {
-        Self { bytes: 0, limit }
+        Self { own: 0, total: Arc::new(AtomicUsize::new(0)), limit }
     }
 
+    /// Another handle on the same server-wide total, starting with nothing of its own.
+    pub fn share(&self) -> Self {
+        Self { own: 0, total: Arc::clone(&self.total), limit: self.limit }
+    }
+
+    /// Bytes queued server-wide.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Bytes this handle's owner holds.
+    pub fn own(&self) -> usize {
+        self.own
     }
 
     pub fn limit(&self) -> usize {
@@ -43,12 +61,24 @@ impl QueuedBytes {
     }
 
     pub fn add(&mut self, size: usize) {
-        self.bytes += size;
+        self.own += size;
+        self.total.fetch_add(size, Ordering::Relaxed);
     }
 
     pub fn sub(&mut self, size: usize) {
-        debug_assert!(size <= self.bytes, "released more queued bytes than were counted");
-        self.bytes = self.bytes.saturating_sub(size);
+        debug_assert!(size <= self.own, "released more queued bytes than were counted");
+        let size = size.min(self.own);
+        self.own -= size;
+        self.total.fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// `size` of what this owner holds moves to `to`'s owner (a connection moving between
+    /// shards); the server-wide total does not change.
+    pub fn hand_over(&mut self, size: usize, to: &mut QueuedBytes) {
+        debug_assert!(size <= self.own, "handed over more queued bytes than were counted");
+        let size = size.min(self.own);
+        self.own -= size;
+        to.own += size;
     }
 }
 

@@ -1,7 +1,8 @@
 //! Membership, relay and resume rules: plain synchronous code with no I/O.
 //!
-//! [`Rooms`] is the single owner of every connection's outbound queue, every member and every
-//! room. The WebSocket tasks only parse frames, call in here under one lock, and write out what
+//! A [`Rooms`] is the single owner of every member, every room and every connection's outbound
+//! queue of one shard (`shards.rs`: a room, its members and their connections live in one shard).
+//! The WebSocket tasks only parse frames, call in here under the shard's lock, and write out what
 //! [`Rooms::take_outbound`] hands them. Because every delivery happens under that lock, "in the
 //! order sent, exactly once" holds by construction: every message for a member is numbered and
 //! appended to the member's [`Journal`], which outlives the member's sockets; a connection's
@@ -9,13 +10,14 @@
 //! written messages are retained for a grace period so that a socket that died with them
 //! unread loses nothing (PROTOCOL.md, "Sequence numbers").
 //!
-//! Every queued byte is counted in one [`QueuedBytes`]; a signal that would take it past
-//! `--max-queued-bytes` is refused with `server_busy`.
+//! Every queued byte is counted in [`QueuedBytes`] (one server-wide total shared by the shards);
+//! a signal that would take it past `--max-queued-bytes` is refused with `server_busy`.
 
 mod journal;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::{DisplayName, ErrorCode, IceServer, PeerInfo, RoomName, ServerMessage, Welcome, close_code};
@@ -218,11 +220,46 @@ struct Room {
     members: Vec<PeerId>,
 }
 
+/// What every shard of the rooms shares, all of it lock-free: the sequences ids come from and
+/// the count behind the server-wide room cap. (The queued-bytes bound is shared the same way,
+/// through [`QueuedBytes`].)
+#[derive(Debug, Clone)]
+struct ServerWide {
+    ids: IdSource,
+    next_conn: Arc<AtomicU64>,
+    rooms: Arc<AtomicUsize>,
+}
+
+impl ServerWide {
+    fn new() -> Self {
+        Self {
+            ids: IdSource::new(),
+            next_conn: Arc::new(AtomicU64::new(0)),
+            rooms: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Counts one more room unless that would pass `max`.
+    fn open_room(&self, max: usize) -> bool {
+        self.rooms.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    fn close_room(&self) {
+        self.rooms.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's record on its way from one shard to another (see [`Rooms::release_conn`]).
+#[derive(Debug)]
+pub struct MovingConn(Conn);
+
+/// The rules for the rooms of one shard (or of the whole server, when it is the only one).
+/// Shards made with [`Rooms::sibling`] share ids, the room cap and the queued-bytes bound, and
+/// nothing else: a room, its members and their connections live in exactly one shard.
 #[derive(Debug)]
 pub struct Rooms {
     config: RoomsConfig,
-    ids: IdSource,
-    next_conn: u64,
+    wide: ServerWide,
     /// Keyed by ids only the server makes, so a fast hash is safe here: a client cannot choose
     /// keys that collide. (Every signal looks up both maps several times; SipHash was ~5 % of
     /// the relay's instructions.) Room names and resume tokens, which clients send, keep
@@ -248,8 +285,7 @@ impl Rooms {
         let queued = QueuedBytes::new(config.max_queued_bytes);
         Self {
             config,
-            ids: IdSource::new(),
-            next_conn: 0,
+            wide: ServerWide::new(),
             conns: FastMap::default(),
             members: FastMap::default(),
             rooms: HashMap::new(),
@@ -261,14 +297,26 @@ impl Rooms {
         }
     }
 
-    pub fn config(&self) -> &RoomsConfig {
-        &self.config
+    /// Another shard of the same server: empty, sharing ids, the room cap and the
+    /// queued-bytes bound with this one.
+    pub fn sibling(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            wide: self.wide.clone(),
+            conns: FastMap::default(),
+            members: FastMap::default(),
+            rooms: HashMap::new(),
+            resume_tokens: HashMap::new(),
+            ending: Vec::new(),
+            signals_relayed: 0,
+            queued: self.queued.share(),
+            trims: VecDeque::new(),
+        }
     }
 
     /// Registers a new connection; `wake` is notified whenever it has something to write.
     pub fn connect(&mut self, wake: Arc<Notify>) -> ConnId {
-        self.next_conn += 1;
-        let id = ConnId(self.next_conn);
+        let id = ConnId(self.wide.next_conn.fetch_add(1, Ordering::Relaxed) + 1);
         self.conns.insert(
             id,
             Conn {
@@ -340,7 +388,7 @@ impl Rooms {
                     format!("room {} is full ({} members)", request.room, self.config.room_size),
                 ));
             }
-            None if self.rooms.len() >= self.config.max_rooms => {
+            None if !self.wide.open_room(self.config.max_rooms) => {
                 return Err(Refusal::new(
                     ErrorCode::ServerBusy,
                     "the server is at its room limit; try again later or join an existing room",
@@ -348,7 +396,7 @@ impl Rooms {
             }
             _ => {}
         }
-        let id = self.ids.next_id();
+        let id = self.wide.ids.next_id();
         let name = request.name.map_or_else(|| id.to_string(), |name| name.as_str().to_owned());
         let token = resume_token();
         let others = self.rooms.get(&request.room).map(|r| r.members.clone()).unwrap_or_default();
@@ -700,8 +748,8 @@ impl Rooms {
         }
         let counted: usize = self.members.values().map(|m| m.journal.bytes()).sum::<usize>()
             + self.conns.values().map(|c| c.outbox.bytes() + c.in_flight).sum::<usize>();
-        if counted != self.queued.bytes() {
-            return Err(format!("{} queued bytes counted, {counted} held", self.queued.bytes()));
+        if counted != self.queued.own() {
+            return Err(format!("{} queued bytes counted, {counted} held", self.queued.own()));
         }
         Ok(())
     }
@@ -734,9 +782,22 @@ impl Rooms {
             .is_some_and(|member| member.journal.can_resume(request.last_seq))
     }
 
-    /// The member a connection has joined as, if any.
-    pub fn member_of(&self, conn: ConnId) -> Option<&PeerId> {
-        self.conns.get(&conn)?.member.as_ref()
+    /// Takes a connection that has not joined out of this shard, to be placed in another with
+    /// [`Self::adopt_conn`] (it joins a room that lives there). `None` if it is not here, or has
+    /// joined (a joined connection stays with its member's room).
+    pub fn release_conn(&mut self, conn: ConnId, to: &mut Rooms) -> Option<MovingConn> {
+        if self.conns.get(&conn)?.member.is_some() {
+            return None;
+        }
+        let connection = self.conns.remove(&conn)?;
+        self.queued.hand_over(connection.outbox.bytes() + connection.in_flight, &mut to.queued);
+        Some(MovingConn(connection))
+    }
+
+    /// Places a connection released by another shard (whose queued bytes were handed to this
+    /// one's count).
+    pub fn adopt_conn(&mut self, conn: ConnId, moving: MovingConn) {
+        self.conns.insert(conn, moving.0);
     }
 
     fn send_to_conn(&mut self, conn: ConnId, frame: Frame, now: Instant) {
@@ -817,6 +878,7 @@ impl Rooms {
         room.members.retain(|m| m != id);
         if room.members.is_empty() {
             self.rooms.remove(&member.room);
+            self.wide.close_room();
             return;
         }
         let remaining = room.members.clone();

@@ -1,7 +1,7 @@
-//! What every connection task shares: the rooms (behind one lock), the settings, the admission
-//! counts, and the shutdown signal with the tracker of every spawned task.
+//! What every connection task shares: the rooms (in shards, each behind its own lock), the
+//! settings, the admission counts, and the shutdown signal with the tracker of every spawned task.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -9,12 +9,13 @@ use tokio_util::task::TaskTracker;
 use crate::admission::Admission;
 use crate::config::Config;
 use crate::hosts::AllowedHosts;
-use crate::rooms::Rooms;
+use crate::shards::Shards;
 use crate::turned_away::TurnedAway;
 
 #[derive(Debug)]
 pub struct Shared {
-    rooms: Mutex<Rooms>,
+    /// Every room rule, sharded by room; lock through [`Shards`], never across an `.await`.
+    pub rooms: Shards,
     pub config: Config,
     pub admission: Arc<Admission>,
     pub hosts: AllowedHosts,
@@ -29,7 +30,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: Config, listening_on_loopback: bool) -> Arc<Self> {
         Arc::new(Self {
-            rooms: Mutex::new(Rooms::new(config.rooms.clone())),
+            rooms: Shards::for_this_machine(config.rooms.clone()),
             admission: Arc::new(Admission::new(config.max_connections, config.max_connections_per_ip)),
             hosts: AllowedHosts::new(listening_on_loopback, &config.allowed_hosts),
             turned_away: TurnedAway::default(),
@@ -37,11 +38,5 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
-    }
-
-    /// The rooms, locked. Never hold the guard across an `.await`.
-    pub fn rooms(&self) -> MutexGuard<'_, Rooms> {
-        // The rules never leave Rooms half-updated on panic paths we know of; keep serving.
-        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -21,7 +21,8 @@ use crate::ids::PeerId;
 use crate::inbound::{self, Request};
 use crate::outbox::OpenFrame;
 use crate::refusal::Refusal;
-use crate::rooms::{CloseRequest, ConnId, JoinRequest};
+use crate::rooms::{CloseRequest, JoinRequest, Rooms};
+use crate::shards::Placement;
 use crate::state::Shared;
 
 /// How long the writer may take to deliver a close frame before the socket is dropped.
@@ -30,22 +31,19 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves one upgraded connection until it ends, whichever side ends it.
 pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
     let wake = Arc::new(Notify::new());
-    let conn = {
-        let mut rooms = shared.rooms();
-        let conn = rooms.connect(Arc::clone(&wake));
-        rooms.hold_ticket(conn, ticket);
-        conn
-    };
-    let span = tracing::info_span!("conn", %conn);
+    let place = shared.rooms.connect(Arc::clone(&wake));
+    shared.rooms.lock(&place).hold_ticket(place.conn(), ticket);
+    let span = tracing::info_span!("conn", conn = %place.conn());
     async move {
+        let place = &place;
         // Whatever path ends this function, the connection's membership is suspended (or
         // dropped, if it never joined) exactly once.
-        let mut membership = DisconnectOnDrop { shared: &shared, conn, unwritten_from: None };
+        let mut membership = DisconnectOnDrop { shared: &shared, place, unwritten_from: None };
         let (sink, mut stream) = socket.split();
         let unconfirmed = Unconfirmed(AtomicU64::new(Unconfirmed::NONE));
         let ended = {
-            let reader = Reader::new(&shared, conn).run(&mut stream);
-            let writer = write_loop(sink, &shared, conn, &wake, &unconfirmed);
+            let reader = Reader::new(&shared, place).run(&mut stream);
+            let writer = write_loop(sink, &shared, place, &wake, &unconfirmed);
             tokio::pin!(reader, writer);
             tokio::select! {
                 end = &mut reader => match end {
@@ -82,7 +80,7 @@ fn is_leave(message: &Message) -> bool {
 
 struct DisconnectOnDrop<'a> {
     shared: &'a Shared,
-    conn: ConnId,
+    place: &'a Placement,
     /// Set when the writer's last batch failed: from this journal position on, its messages
     /// are handed out again on the member's next connection.
     unwritten_from: Option<u64>,
@@ -90,7 +88,8 @@ struct DisconnectOnDrop<'a> {
 
 impl Drop for DisconnectOnDrop<'_> {
     fn drop(&mut self) {
-        self.shared.rooms().disconnect(self.conn, Instant::now(), self.unwritten_from);
+        let (rooms, conn) = (&self.shared.rooms, self.place.conn());
+        rooms.lock(self.place).disconnect(conn, Instant::now(), self.unwritten_from);
     }
 }
 
@@ -128,7 +127,7 @@ enum ReadEnd {
 
 struct Reader<'a> {
     shared: &'a Shared,
-    conn: ConnId,
+    place: &'a Placement,
     /// Every frame the client sends is charged here: the connection's own budget before it
     /// joins, its member's after (a resume goes on with the member's).
     budget: SharedBudget,
@@ -139,11 +138,11 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(shared: &'a Shared, conn: ConnId) -> Self {
+    fn new(shared: &'a Shared, place: &'a Placement) -> Self {
         let now = Instant::now();
         Self {
             shared,
-            conn,
+            place,
             budget: SharedBudget::new(shared.config.rate_limit, now),
             member: None,
             joined_by: now + shared.config.join_timeout,
@@ -249,7 +248,7 @@ impl<'a> Reader<'a> {
             Ok(Request::Leave) => {
                 // Bound first: a guard in the match scrutinee would live through the arms, and
                 // `refuse` takes the lock again.
-                let left = self.shared.rooms().leave(self.conn, now);
+                let left = self.rooms().leave(self.place.conn(), now);
                 return match left {
                     Ok(()) => Some(ReadEnd::Closing),
                     Err(refusal) => {
@@ -274,7 +273,8 @@ impl<'a> Reader<'a> {
                 grant::verify(secret, token.as_deref(), room, name, std::time::SystemTime::now())
             }
         };
-        let mut rooms = self.shared.rooms();
+        // The room's shard; the connection moves there to join.
+        let mut rooms = self.shared.rooms.lock_for_room(self.place, &request.room);
         // A resume within grace needs no room token: the resume token already proves membership.
         if let Err(reason) = grant
             && !rooms.can_resume(&request)
@@ -284,7 +284,7 @@ impl<'a> Reader<'a> {
             self.refuse(Refusal::new(ErrorCode::Unauthorized, reason));
             return Some(self.close(close_code::POLICY, "unauthorized"));
         }
-        match rooms.join(self.conn, request, now) {
+        match rooms.join(self.place.conn(), request, now) {
             Ok(joined) => {
                 self.budget = rooms.share_budget(&joined.id, self.budget.clone());
                 drop(rooms);
@@ -314,7 +314,7 @@ impl<'a> Reader<'a> {
         let mut frame = OpenFrame::with_capacity(prefix.len() + signal.len());
         frame.push_str(prefix);
         frame.push_str(signal);
-        let result = self.shared.rooms().relay(self.conn, from, to, frame, now);
+        let result = self.rooms().relay(self.place.conn(), from, to, frame, now);
         if let Err(refusal) = result {
             self.refuse(refusal);
         }
@@ -322,11 +322,16 @@ impl<'a> Reader<'a> {
 
     fn refuse(&self, refusal: Refusal) {
         tracing::debug!(code = %refusal.code, message = %refusal.message, "refused");
-        self.shared.rooms().refuse(self.conn, &refusal, Instant::now());
+        self.rooms().refuse(self.place.conn(), &refusal, Instant::now());
+    }
+
+    /// The shard this connection is in, locked. Never across an `.await`.
+    fn rooms(&self) -> std::sync::MutexGuard<'a, Rooms> {
+        self.shared.rooms.lock(self.place)
     }
 
     fn close(&self, code: u16, reason: &'static str) -> ReadEnd {
-        self.shared.rooms().close(self.conn, CloseRequest::new(code, reason));
+        self.rooms().close(self.place.conn(), CloseRequest::new(code, reason));
         ReadEnd::Closing
     }
 
@@ -369,7 +374,7 @@ impl<'a> Reader<'a> {
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     shared: &Shared,
-    conn: ConnId,
+    place: &Placement,
     wake: &Notify,
     unconfirmed: &Unconfirmed,
 ) -> WriteEnd {
@@ -395,7 +400,7 @@ async fn write_loop(
                 }
             }
         }
-        let outbound = shared.rooms().take_outbound(conn, Instant::now());
+        let outbound = shared.rooms.lock(place).take_outbound(place.conn(), Instant::now());
         just_wrote = !outbound.frames.is_empty();
         if just_wrote {
             unconfirmed.set(outbound.journal_from);
@@ -409,7 +414,7 @@ async fn write_loop(
             let written = tokio::select! {
                 result = write => result.is_ok(),
                 () = shared.shutdown.cancelled() => false,
-                () = abandoned(shared, conn, wake) => false,
+                () = abandoned(shared, place, wake) => false,
             };
             if !written {
                 return WriteEnd::Dropped;
@@ -424,10 +429,10 @@ async fn write_loop(
 
 /// Resolves when the connection is closed for not reading (or replaced) while its writer is
 /// stuck: a close frame could not get through anyway, so the socket is dropped.
-async fn abandoned(shared: &Shared, conn: ConnId, wake: &Notify) {
+async fn abandoned(shared: &Shared, place: &Placement, wake: &Notify) {
     loop {
         wake.notified().await;
-        if shared.rooms().close_requested(conn).is_some_and(|close| close.immediate) {
+        if shared.rooms.lock(place).close_requested(place.conn()).is_some_and(|close| close.immediate) {
             return;
         }
     }
