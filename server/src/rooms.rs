@@ -13,6 +13,7 @@
 //! Every queued byte is counted in [`QueuedBytes`] (one server-wide total shared by the shards);
 //! a signal that would take it past `--max-queued-bytes` is refused with `server_busy`.
 
+mod graces;
 mod journal;
 
 use std::collections::{HashMap, VecDeque};
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use protocol::{DisplayName, ErrorCode, IceServer, PeerInfo, RoomName, ServerMessage, Welcome, close_code};
 use tokio::sync::Notify;
 
+use self::graces::Graces;
 pub use self::journal::Journal;
 use crate::admission::Ticket;
 use crate::budget::SharedBudget;
@@ -278,6 +280,8 @@ pub struct Rooms {
     /// Retention trims, oldest first (every one is scheduled a grace period ahead, so the
     /// queue is in time order and the sweep looks at its front only).
     trims: VecDeque<Trim>,
+    /// Suspended members by the end of their grace, and their count.
+    graces: Graces,
 }
 
 impl Rooms {
@@ -294,6 +298,7 @@ impl Rooms {
             signals_relayed: 0,
             queued,
             trims: VecDeque::new(),
+            graces: Graces::default(),
         }
     }
 
@@ -311,6 +316,7 @@ impl Rooms {
             signals_relayed: 0,
             queued: self.queued.share(),
             trims: VecDeque::new(),
+            graces: Graces::default(),
         }
     }
 
@@ -444,6 +450,9 @@ impl Rooms {
         let room = member.room.clone();
         self.replace_connection(id);
         if let Some(member) = self.members.get_mut(id) {
+            if matches!(member.link, Link::Suspended { .. }) {
+                self.graces.leave();
+            }
             member.link = Link::Connected(conn);
         }
         self.resume_tokens.insert(token.clone(), id.clone());
@@ -641,11 +650,14 @@ impl Rooms {
         let Some(mut connection) = self.conns.remove(&conn) else { return };
         self.queued.sub(connection.in_flight);
         connection.outbox.clear(&mut self.queued);
-        let Some(member) = connection.served.and_then(|id| self.members.get_mut(&id)) else { return };
+        let Some(id) = connection.served else { return };
+        let Some(member) = self.members.get_mut(&id) else { return };
         match member.link {
             Link::Connected(linked) if linked == conn => {
-                member.link = Link::Suspended { until: now + self.config.resume_grace, from: conn };
+                let until = now + self.config.resume_grace;
+                member.link = Link::Suspended { until, from: conn };
                 member.held.ticket = connection.ticket;
+                self.graces.suspend(id, until);
             }
             Link::Suspended { from, .. } if from == conn => {}
             // Resumed elsewhere meanwhile: the new connection has its own cursor.
@@ -660,12 +672,13 @@ impl Rooms {
     /// retained for longer than a grace period.
     pub fn expire(&mut self, now: Instant) {
         self.trim_retained(now);
-        let expired = self
-            .members
-            .iter()
-            .filter(|(_, m)| matches!(m.link, Link::Suspended { until, .. } if until <= now))
-            .map(|(id, _)| id.clone());
-        self.ending.extend(expired);
+        while let Some((due, id)) = self.graces.next_due(now) {
+            // Skip what resumed, ended, or was suspended again (with a later end) meanwhile.
+            if matches!(self.members.get(&id).map(|m| m.link), Some(Link::Suspended { until, .. }) if until == due)
+            {
+                self.ending.push(id);
+            }
+        }
         self.settle(now);
     }
 
@@ -746,6 +759,18 @@ impl Rooms {
         if !self.ending.is_empty() {
             return Err("members left half-ended".into());
         }
+        let mut suspended = 0;
+        for (id, member) in &self.members {
+            if let Link::Suspended { until, .. } = member.link {
+                suspended += 1;
+                if !self.graces.holds(id, until) {
+                    return Err(format!("{id} is suspended but not due to expire"));
+                }
+            }
+        }
+        if suspended != self.graces.count() {
+            return Err(format!("{suspended} members suspended, {} counted", self.graces.count()));
+        }
         let counted: usize = self.members.values().map(|m| m.journal.bytes()).sum::<usize>()
             + self.conns.values().map(|c| c.outbox.bytes() + c.in_flight).sum::<usize>();
         if counted != self.queued.own() {
@@ -759,11 +784,7 @@ impl Rooms {
             connections: self.conns.len(),
             rooms: self.rooms.len(),
             members: self.members.len(),
-            suspended_members: self
-                .members
-                .values()
-                .filter(|m| matches!(m.link, Link::Suspended { .. }))
-                .count(),
+            suspended_members: self.graces.count(),
             signals_relayed: self.signals_relayed,
             queued_bytes: self.queued.bytes(),
         }
@@ -849,7 +870,9 @@ impl Rooms {
             conn.member = None;
             conn.wake.notify_one();
             member.held.ticket.clone_from(&conn.ticket);
-            member.link = Link::Suspended { until: now + self.config.resume_grace, from: conn_id };
+            let until = now + self.config.resume_grace;
+            member.link = Link::Suspended { until, from: conn_id };
+            self.graces.suspend(to.clone(), until);
             frame = back;
         }
         if push(&mut member.journal, frame, retention, &mut self.queued).is_err() {
@@ -867,6 +890,9 @@ impl Rooms {
     /// Removes the member everywhere and tells the rest of its room.
     fn end_member(&mut self, id: &PeerId, now: Instant) {
         let Some(mut member) = self.members.remove(id) else { return };
+        if matches!(member.link, Link::Suspended { .. }) {
+            self.graces.leave();
+        }
         member.journal.clear(&mut self.queued);
         self.resume_tokens.remove(&member.resume_token);
         if let Link::Connected(conn) = member.link

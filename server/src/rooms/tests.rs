@@ -485,3 +485,31 @@ fn every_welcome_a_resumed_one_too_carries_a_turn_credential_for_that_member() {
         assert_eq!(servers[1]["credential"].as_str(), minted.credential.as_deref());
     }
 }
+
+#[test]
+fn a_member_suspended_twice_ends_at_its_second_grace_not_its_first() {
+    let mut rooms = rooms();
+    let grace = RoomsConfig::default().resume_grace;
+    let start = Instant::now();
+    let ana = join(&mut rooms, "r", "ana", start);
+    let bob = join(&mut rooms, "r", "bob", start);
+    let token = resume_token_of(&drain(&mut rooms, bob.conn));
+    rooms.disconnect(bob.conn, start, None);
+    // Bob comes back half a grace later and drops again.
+    let later = start + grace / 2;
+    let back = rooms.connect(Arc::new(Notify::new()));
+    rooms.join(back, request("r", None, Some(&token)), later).expect("resumes");
+    assert_eq!(rooms.stats().suspended_members, 0);
+    rooms.disconnect(back, later, None);
+    assert_eq!(rooms.stats().suspended_members, 1);
+    drain(&mut rooms, ana.conn);
+    // The first grace's end passes: Bob is still in grace from his second drop.
+    rooms.expire(start + grace);
+    assert!(drain(&mut rooms, ana.conn).is_empty(), "no peer_left at the first grace's end");
+    assert_eq!((rooms.stats().members, rooms.stats().suspended_members), (2, 1));
+    rooms.check_invariants().expect("consistent");
+    rooms.expire(later + grace);
+    assert_eq!(types(&drain(&mut rooms, ana.conn)), ["peer_left"]);
+    assert_eq!((rooms.stats().members, rooms.stats().suspended_members), (1, 0));
+    rooms.check_invariants().expect("consistent");
+}
