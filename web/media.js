@@ -56,6 +56,10 @@ export class Call {
     const entry = { link, senders: new Map(), ready: link.polite, remote: new Map() };
     this.links.set(link.id, entry);
     link.pc.addEventListener("track", (event) => this.onTrack(entry, event));
+    // Each completed exchange may have changed what the peer sends (see liveTracks).
+    link.pc.addEventListener("signalingstatechange", () => {
+      if (link.pc.signalingState === "stable") this.renderPeer(entry);
+    });
     if (entry.ready) {
       // We are the newcomer and make the first offer: the tracks go into it, after the `chat`
       // channel that app.js opens next. The data section must come first: webrtc-rs 0.21
@@ -210,11 +214,23 @@ export class Call {
     update();
   }
 
-  // The tracks a peer is sending now: live, flowing, and still in its stream.
+  // The tracks a peer is sending now, as negotiated: live, still in its stream, and on a
+  // transceiver whose negotiated direction has the peer sending (ours `recvonly` or `sendrecv`).
+  // Not `track.muted`: Chromium keeps a remote track muted for good, although its frames arrive
+  // and decode, when our offer crossed the peer's (we roll back as the polite side) and the
+  // transceiver of our own camera or microphone is the one that receives the peer's track;
+  // taking muted for "not sending" hid such a peer's video in about half the calls. A peer that
+  // stops sending renegotiates, which changes the direction and takes the track out of its
+  // stream.
   liveTracks(entry) {
+    const receiving = new Map();
+    for (const transceiver of entry.link.pc.getTransceivers()) {
+      const direction = transceiver.currentDirection;
+      receiving.set(transceiver.receiver.track, direction === "recvonly" || direction === "sendrecv");
+    }
     const live = [];
     for (const [track, stream] of entry.remote) {
-      if (track.readyState !== "live" || track.muted) continue;
+      if (track.readyState !== "live" || receiving.get(track) === false) continue;
       if (stream && !stream.getTracks().includes(track)) continue;
       live.push(track);
     }

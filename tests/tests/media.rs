@@ -379,6 +379,78 @@ async fn rust_peer_plays_files_to_pages_that_join_before_and_after(kind: Browser
     late.close().await;
 }
 
+in_each_browser!(page_camera_offer_crossing_a_rust_peer_video_offer_still_plays_both_ways);
+/// The race that made a call flaky, made deterministic: a Rust peer playing a file is in the
+/// room; a page joins, and the Rust peer's renegotiation that adds its video crosses the page's
+/// own offer that adds its camera. The page is polite: it rolls back its offer, answers, and
+/// its camera's transceiver is the one that receives the Rust peer's video. Chromium then keeps
+/// that remote track `muted` for good although its frames arrive and decode, and the page used to
+/// take a muted track for "not sending": no tile, in about half the calls. [`CROSS_OFFERS`]
+/// holds the Rust peer's offer until the page's camera offer is out, so the offers always cross.
+async fn page_camera_offer_crossing_a_rust_peer_video_offer_still_plays_both_ways(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let dir = Scratch::new("media", "cross");
+    let video = make_ivf(&dir, 320, 240, 2);
+    let mut rusty = Peer::spawn(
+        &server,
+        &["--room", "cross", "--name", "rusty", "--send-video", video.to_str().unwrap_or_default()],
+    )
+    .await;
+    let rusty_id = rusty.joined().await;
+    let page = Browser::start_kind(kind, "page").await;
+    page.open(&format!("{}/", server.http_url())).await;
+    page.wait_for_css("the join form", "#room").await;
+    page.eval(CROSS_OFFERS).await;
+    page.type_into("#room", "cross").await;
+    page.type_into("#name", "page").await;
+    page.click("#join").await;
+    let page_id = page.self_id().await;
+    let crossed = page
+        .wait_until(
+            "the Rust peer's video offer applied",
+            "return window.__crossing?.done && window.__crossing;",
+        )
+        .await;
+    assert_eq!(
+        crossed["state"], "have-local-offer",
+        "the page's camera offer was out when the Rust peer's offer was applied: {crossed}"
+    );
+    page.wait_connected(&rusty_id).await;
+    wait_video_plays(&page, &rusty_id, Some((320, 240))).await;
+    rusty
+        .wait_for("the page's camera", |e| {
+            e["event"] == "track" && e["peer"] == page_id && e["kind"] == "video"
+        })
+        .await;
+    chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "after the crossing").await;
+    assert_negotiations_applied(&page, "page");
+    page.close().await;
+}
+
+/// Run in the page before it joins: the first remote offer with a video section is held until
+/// the camera is on (a click on `#camera`) and the page's own offer for it is out (the
+/// connection is in `have-local-offer`), at most 10 s; `window.__crossing` says what happened.
+const CROSS_OFFERS: &str = r##"
+const apply = RTCPeerConnection.prototype.setRemoteDescription;
+window.__crossing = { done: false };
+RTCPeerConnection.prototype.setRemoteDescription = async function (description) {
+  if (description?.type === "offer" && /\nm=video /.test(description.sdp) && !window.__crossing.held) {
+    window.__crossing.held = true;
+    document.querySelector("#camera").click();
+    const started = performance.now();
+    while (this.signalingState !== "have-local-offer" && performance.now() - started < 10000) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    window.__crossing.state = this.signalingState;
+    const result = await apply.call(this, description);
+    window.__crossing.done = true;
+    return result;
+  }
+  return apply.call(this, description);
+};
+return true;
+"##;
+
 in_each_browser!(rust_peer_echoes_the_page_camera_back);
 /// Page → Rust `--echo-media` → page: the page plays its own camera back at the camera's size.
 async fn rust_peer_echoes_the_page_camera_back(kind: BrowserKind) {
@@ -487,61 +559,62 @@ fn recordings_are_complete_after_timeout_and_sigterm() {
     });
 }
 
-/// A call of two pages and a Rust peer playing a file: every tile plays everywhere, chat goes
-/// on. Takes the call screenshots: `target/screenshots/call.png` (and `call-phone.png`), or with
-/// `SWITCHBOARD_UPDATE_SCREENSHOT=1` the README's `docs/call.png` and `docs/call-phone.png`.
-/// Prints the join → first remote video frame time of a page (a figure, not a threshold).
-///
-/// Ignored in the suite (run it with `--ignored`): in about half the runs on a loaded machine the
-/// first page never shows the Rust peer's video (RTP arrives, no frame plays) when the page joins
-/// with `camera=1&mic=1` after the Rust peer; under investigation (see the report of issue 18).
+/// In Chromium (the screenshots' browser). Firefox keeps its AudioContext suspended until a
+/// click, so the speaking ring this test waits for does not show there yet.
 #[test]
-#[ignore = "flaky: the Rust peer's video sometimes never plays in a page that joined with camera=1 after it"]
 fn a_call_of_two_pages_and_a_rust_peer() {
-    isolated(|| async {
-        let server = start_server_with_page(&[]).await;
-        let dir = Scratch::new("media", "call");
-        let video = make_ivf(&dir, 640, 480, 3);
-        let mut rusty = Peer::spawn(
-            &server,
-            &[
-                "--room",
-                "standup",
-                "--name",
-                "rusty",
-                "--send-video",
-                video.to_str().unwrap_or_default(),
-                "--send",
-                "Hi! I'm a Rust peer playing a test pattern.",
-            ],
-        )
-        .await;
-        let rusty_id = rusty.joined().await;
-        let ana = Browser::start("ana").await;
-        let opened = std::time::Instant::now();
-        ana.open(&format!("{}/?room=standup&name=Ana&camera=1&mic=1", server.http_url())).await;
-        let ana_id = ana.self_id().await;
-        own_camera_size(&ana).await;
-        wait_video_plays(&ana, &rusty_id, Some((640, 480))).await;
-        eprintln!(
-            "measured: page open -> first frames of a Rust peer's video playing {:?}",
-            opened.elapsed()
-        );
-        let bo = Browser::start("bo").await;
-        bo.open(&format!("{}/?room=standup&name=Bo&camera=1", server.http_url())).await;
-        let bo_id = bo.self_id().await;
-        wait_video_plays(&bo, &ana_id, None).await;
-        wait_video_plays(&bo, &rusty_id, Some((640, 480))).await;
-        wait_video_plays(&ana, &bo_id, None).await;
-        ana.wait_line(&rusty_id, "Hi! I'm a Rust peer playing a test pattern.").await;
-        ana.send_line("Morning both! Can you hear me?").await;
-        bo.wait_line(&ana_id, "Morning both! Can you hear me?").await;
-        rusty.wait_message(&ana_id, "Morning both! Can you hear me?").await;
-        bo.send_line("Loud and clear. Camera's on too.").await;
-        ana.wait_line(&bo_id, "Loud and clear. Camera's on too.").await;
-        // Ana's microphone (the fake device's beep) shows as speaking at Bo's.
-        bo.wait_for_css("Ana speaking", &format!(r#"[data-tile="{ana_id}"][data-speaking]"#)).await;
+    isolated(|| a_call_of_two_pages_and_a_rust_peer_in(BrowserKind::Chromium));
+}
 
+/// A call of two pages and a Rust peer playing a file: every tile plays everywhere, chat goes
+/// on. The Rust peer is in the room first; the first page joins with camera and microphone on,
+/// so its offers and the Rust peer's cross in some runs (made deterministic in
+/// `page_camera_offer_crossing_a_rust_peer_video_offer_still_plays_both_ways`). In Chromium it
+/// takes the call screenshots: `target/screenshots/call.png` (and `call-phone.png`), or with
+/// `SWITCHBOARD_UPDATE_SCREENSHOT=1` the README's `docs/call.png` and `docs/call-phone.png`.
+/// Prints the page open -> first frames of the Rust peer's video time (a figure, not a threshold).
+async fn a_call_of_two_pages_and_a_rust_peer_in(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let dir = Scratch::new("media", "call");
+    let video = make_ivf(&dir, 640, 480, 3);
+    let mut rusty = Peer::spawn(
+        &server,
+        &[
+            "--room",
+            "standup",
+            "--name",
+            "rusty",
+            "--send-video",
+            video.to_str().unwrap_or_default(),
+            "--send",
+            "Hi! I'm a Rust peer playing a test pattern.",
+        ],
+    )
+    .await;
+    let rusty_id = rusty.joined().await;
+    let ana = Browser::start_kind(kind, "ana").await;
+    let opened = std::time::Instant::now();
+    ana.open(&format!("{}/?room=standup&name=Ana&camera=1&mic=1", server.http_url())).await;
+    let ana_id = ana.self_id().await;
+    own_camera_size(&ana).await;
+    wait_video_plays(&ana, &rusty_id, Some((640, 480))).await;
+    eprintln!("measured: page open -> first frames of a Rust peer's video playing {:?}", opened.elapsed());
+    let bo = Browser::start_kind(kind, "bo").await;
+    bo.open(&format!("{}/?room=standup&name=Bo&camera=1", server.http_url())).await;
+    let bo_id = bo.self_id().await;
+    wait_video_plays(&bo, &ana_id, None).await;
+    wait_video_plays(&bo, &rusty_id, Some((640, 480))).await;
+    wait_video_plays(&ana, &bo_id, None).await;
+    ana.wait_line(&rusty_id, "Hi! I'm a Rust peer playing a test pattern.").await;
+    ana.send_line("Morning both! Can you hear me?").await;
+    bo.wait_line(&ana_id, "Morning both! Can you hear me?").await;
+    rusty.wait_message(&ana_id, "Morning both! Can you hear me?").await;
+    bo.send_line("Loud and clear. Camera's on too.").await;
+    ana.wait_line(&bo_id, "Loud and clear. Camera's on too.").await;
+    // Ana's microphone (the fake device's beep) shows as speaking at Bo's.
+    bo.wait_for_css("Ana speaking", &format!(r#"[data-tile="{ana_id}"][data-speaking]"#)).await;
+
+    if kind == BrowserKind::Chromium {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let (desktop, phone) = if std::env::var_os("SWITCHBOARD_UPDATE_SCREENSHOT").is_some() {
             (root.join("docs/call.png"), root.join("docs/call-phone.png"))
@@ -554,9 +627,9 @@ fn a_call_of_two_pages_and_a_rust_peer() {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         bo.screenshot(&phone).await;
         eprintln!("screenshots: {} and {}", desktop.display(), phone.display());
-        assert_negotiations_applied(&ana, "ana");
-        assert_negotiations_applied(&bo, "bo");
-        ana.close().await;
-        bo.close().await;
-    });
+    }
+    assert_negotiations_applied(&ana, "ana");
+    assert_negotiations_applied(&bo, "bo");
+    ana.close().await;
+    bo.close().await;
 }
