@@ -133,6 +133,7 @@ impl Ticket {
     }
 
     /// The client this ticket counts against.
+    #[cfg(test)]
     pub fn client(&self) -> ClientKey {
         *self.0.key.lock().unwrap_or_else(PoisonError::into_inner)
     }

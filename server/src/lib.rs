@@ -5,19 +5,26 @@
 //! `ws` moves frames for one connection; `http` routes; `admission` and `budget` are the limits.
 
 mod accept;
-pub mod admission;
-pub mod budget;
+mod admission;
+mod budget;
 pub mod config;
 pub mod grant;
 mod hosts;
 mod http;
-pub mod ids;
+mod ids;
+// The cargo-fuzz targets (fuzz/) drive the frame parser and the room rules directly.
+#[cfg(feature = "fuzzing")]
 pub mod inbound;
-pub mod outbox;
-pub mod proxy;
+#[cfg(not(feature = "fuzzing"))]
+mod inbound;
+mod outbox;
+mod proxy;
 mod readahead;
-pub mod refusal;
+mod refusal;
+#[cfg(feature = "fuzzing")]
 pub mod rooms;
+#[cfg(not(feature = "fuzzing"))]
+mod rooms;
 mod shards;
 mod state;
 pub mod tls;

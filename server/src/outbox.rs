@@ -52,6 +52,7 @@ impl QueuedBytes {
     }
 
     /// Bytes this handle's owner holds.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn own(&self) -> usize {
         self.own
     }
@@ -174,10 +175,7 @@ impl Outbox {
         self.bytes
     }
 
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }

@@ -719,6 +719,7 @@ impl Rooms {
 
     /// Checks that the indexes agree with each other. For tests and fuzzing: the rules above
     /// keep these true, and this says which one broke if they ever do not.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn check_invariants(&self) -> Result<(), String> {
         let mut in_rooms = 0;
         for (name, room) in &self.rooms {
@@ -927,6 +928,7 @@ enum Outgoing {
     Error(Frame),
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod exercise;
 #[cfg(test)]
 mod tests;

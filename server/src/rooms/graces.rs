@@ -43,6 +43,7 @@ impl Graces {
     }
 
     /// True when `id` has an entry ending at `until` (for the invariant check).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn holds(&self, id: &PeerId, until: Instant) -> bool {
         self.due.iter().any(|Reverse((at, held))| *at == until && held == id)
     }

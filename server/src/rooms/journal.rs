@@ -222,6 +222,7 @@ impl Journal {
     }
 
     /// Every entry's cost, for the invariant check.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
