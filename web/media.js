@@ -257,7 +257,7 @@ export class Call {
     const audio = live.find((t) => t.kind === "audio");
     tile.dataset.video = String(live.some((t) => t.kind === "video"));
     tile.dataset.audio = String(Boolean(audio));
-    if (audio) this.meter(audio, id);
+    if (audio) this.meter(audio, id, entry.link.pc.getReceivers().find((r) => r.track === audio));
   }
 
   play(video) {
@@ -361,35 +361,50 @@ export class Call {
 
   // ---- who is speaking -----------------------------------------------------------------------
 
-  meter(track, tileId) {
+  // A level meter for `track`, shown on tile `tileId`. A remote track's `receiver` gives the
+  // level the sender put in each packet (the audio-level header extension, between browsers),
+  // which needs no AudioContext: Firefox keeps one suspended until the first click, and its
+  // analyser then reads silence. The analyser serves our microphone and senders without levels.
+  meter(track, tileId, receiver = null) {
     if (this.meters.has(track)) return;
+    const meter = { source: null, analyser: null, data: null, receiver, tileId, heldUntil: 0 };
     try {
       this.audio ??= new AudioContext();
-      const source = this.audio.createMediaStreamSource(new MediaStream([track]));
-      const analyser = this.audio.createAnalyser();
-      analyser.fftSize = 512;
-      source.connect(analyser);
-      this.meters.set(track, { source, analyser, data: new Float32Array(analyser.fftSize), tileId, heldUntil: 0 });
+      meter.source = this.audio.createMediaStreamSource(new MediaStream([track]));
+      meter.analyser = this.audio.createAnalyser();
+      meter.analyser.fftSize = 512;
+      meter.source.connect(meter.analyser);
+      meter.data = new Float32Array(meter.analyser.fftSize);
     } catch (err) {
       console.warn("no level meter for an audio track", err);
     }
+    this.meters.set(track, meter);
+  }
+
+  // The track's level now, 0..1: the sender's own (see meter) when it gives one, else the RMS of
+  // what the analyser hears.
+  level(meter) {
+    const sources = meter.receiver?.getSynchronizationSources?.() ?? [];
+    const reported = sources.map((s) => s.audioLevel).filter((l) => typeof l === "number");
+    if (reported.length > 0) return Math.max(...reported);
+    if (!meter.analyser) return 0;
+    meter.analyser.getFloatTimeDomainData(meter.data);
+    let sum = 0;
+    for (const v of meter.data) sum += v * v;
+    return Math.sqrt(sum / meter.data.length);
   }
 
   forgetMeter(track) {
     const meter = this.meters.get(track);
     if (!meter) return;
     this.meters.delete(track);
-    meter.source.disconnect();
+    meter.source?.disconnect();
   }
 
   measureLevels() {
     const now = performance.now();
     for (const meter of this.meters.values()) {
-      meter.analyser.getFloatTimeDomainData(meter.data);
-      let sum = 0;
-      for (const v of meter.data) sum += v * v;
-      const level = Math.sqrt(sum / meter.data.length);
-      if (level > SPEAKING_LEVEL) meter.heldUntil = now + SPEAKING_HOLD_MS;
+      if (this.level(meter) > SPEAKING_LEVEL) meter.heldUntil = now + SPEAKING_HOLD_MS;
       const tile = this.tiles.get(meter.tileId);
       if (tile) tile.toggleAttribute("data-speaking", now < meter.heldUntil);
     }

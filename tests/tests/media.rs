@@ -559,13 +559,7 @@ fn recordings_are_complete_after_timeout_and_sigterm() {
     });
 }
 
-/// In Chromium (the screenshots' browser). Firefox keeps its AudioContext suspended until a
-/// click, so the speaking ring this test waits for does not show there yet.
-#[test]
-fn a_call_of_two_pages_and_a_rust_peer() {
-    isolated(|| a_call_of_two_pages_and_a_rust_peer_in(BrowserKind::Chromium));
-}
-
+in_each_browser!(a_call_of_two_pages_and_a_rust_peer);
 /// A call of two pages and a Rust peer playing a file: every tile plays everywhere, chat goes
 /// on. The Rust peer is in the room first; the first page joins with camera and microphone on,
 /// so its offers and the Rust peer's cross in some runs (made deterministic in
@@ -573,7 +567,7 @@ fn a_call_of_two_pages_and_a_rust_peer() {
 /// takes the call screenshots: `target/screenshots/call.png` (and `call-phone.png`), or with
 /// `SWITCHBOARD_UPDATE_SCREENSHOT=1` the README's `docs/call.png` and `docs/call-phone.png`.
 /// Prints the page open -> first frames of the Rust peer's video time (a figure, not a threshold).
-async fn a_call_of_two_pages_and_a_rust_peer_in(kind: BrowserKind) {
+async fn a_call_of_two_pages_and_a_rust_peer(kind: BrowserKind) {
     let server = start_server_with_page(&[]).await;
     let dir = Scratch::new("media", "call");
     let video = make_ivf(&dir, 640, 480, 3);
