@@ -2,7 +2,8 @@
 # Runs every test of Switchboard on a fresh Debian machine (as root): installs what the tests
 # need (Chromium and ChromeDriver, Firefox ESR and geckodriver for the browser tests, iproute2
 # for the per-test network namespaces, openssl for the TLS test's certificate, coturn for the
-# TURN tests, its service left off), builds once, checks formatting and lints, then runs the
+# TURN tests, its service left off; redis-server and haproxy for the several-instances tests,
+# theirs too), builds once, checks formatting and lints, then runs the
 # whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,9 @@ command -v ip >/dev/null 2>&1 || need_packages+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v firefox-esr >/dev/null 2>&1 || need_packages+=(firefox-esr)
 command -v turnserver >/dev/null 2>&1 || need_packages+=(coturn)
+# Several instances (tests/tests/cluster.rs): the real Redis and HAProxy, services left off too.
+command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || need_packages+=(haproxy)
 # The media tests make VP8/Opus files and decode recordings with ffmpeg (libvpx, libopus).
 command -v ffmpeg >/dev/null 2>&1 || need_packages+=(ffmpeg)
 if [ ${#need_packages[@]} -gt 0 ]; then
@@ -37,6 +41,11 @@ fi
 if command -v systemctl >/dev/null 2>&1 && [ -e /lib/systemd/system/coturn.service ]; then
   systemctl disable --now coturn >/dev/null 2>&1 || true
 fi
+for service in redis-server haproxy; do
+  if command -v systemctl >/dev/null 2>&1 && [ -e "/lib/systemd/system/$service.service" ]; then
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
+  fi
+done
 
 # geckodriver (Firefox's WebDriver) is not packaged by Debian: built from crates.io into cargo's
 # bin dir (about 2 minutes), where the browser tests look for it too.

@@ -36,6 +36,8 @@ pub struct Config {
     /// When set, a `join` must carry a room token signed with it.
     pub token_secret: Option<String>,
     pub tls: Option<TlsFiles>,
+    /// `--redis URL`: one service with every instance started with the same Redis.
+    pub redis: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +64,7 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             token_secret: None,
             tls: None,
+            redis: None,
         }
     }
 }
@@ -183,6 +186,11 @@ pub struct ServeArgs {
     /// binary: 64M). A signal that would take the total over it gets `server_busy`.
     #[arg(long, default_value = "268435456", value_parser = parse_bytes)]
     pub max_queued_bytes: usize,
+    /// Run as one instance of a service: every instance started with the same Redis
+    /// (redis://HOST:PORT/DB, or redis+unix:///path) shares rooms, members and resumes.
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL", hide_env_values = true, value_name = "URL",
+          value_parser = parse_redis_url)]
+    pub redis: Option<String>,
 }
 
 impl ServeArgs {
@@ -225,8 +233,14 @@ impl ServeArgs {
             header_timeout: self.header_timeout,
             token_secret: self.token_secret.filter(|s| !s.is_empty()),
             tls: self.tls_cert.zip(self.tls_key).map(|(cert, key)| TlsFiles { cert, key }),
+            redis: self.redis,
         }
     }
+}
+
+/// A Redis URL the client library accepts (checked at start, not connected to).
+fn parse_redis_url(text: &str) -> Result<String, String> {
+    redis::Client::open(text).map(|_| text.to_owned()).map_err(|e| format!("not a Redis URL: {e}"))
 }
 
 /// Durations as `250ms`, `2s`, `1m`, `1h`.

@@ -37,7 +37,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
 pub fn router(shared: Arc<Shared>) -> Router {
     let router = Router::new()
         .route("/ws", get(websocket))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
     let router = match &shared.config.web_dir {
         Some(dir) => router.fallback_service(ServeDir::new(dir)),
@@ -117,8 +117,29 @@ async fn websocket(
         })
 }
 
+/// 200 `ok`; with `--redis`, 503 while Redis is unreachable (a balancer then sends new
+/// clients to another instance).
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    match &shared.cluster {
+        Some(cluster) if !cluster.redis_up() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n").into_response()
+        }
+        _ => "ok".into_response(),
+    }
+}
+
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    let stats = shared.rooms.stats();
+    let mut stats = shared.rooms.stats();
+    let mut cluster_metrics = String::new();
+    if let Some(cluster) = &shared.cluster {
+        stats.signals_relayed += cluster.signals_relayed();
+        cluster_metrics = format!(
+            "# HELP switchboard_redis_up Whether this instance reaches Redis (1) or not (0).\n\
+             # TYPE switchboard_redis_up gauge\n\
+             switchboard_redis_up {}\n",
+            u8::from(cluster.redis_up())
+        );
+    }
     let counted = shared.admission.counted();
     let body = format!(
         "# HELP switchboard_connections Open WebSocket connections.\n\
@@ -141,7 +162,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
          switchboard_signals_relayed_total {}\n\
          # HELP switchboard_queued_bytes Bytes held in every outbound, resume and retention queue (bound: --max-queued-bytes).\n\
          # TYPE switchboard_queued_bytes gauge\n\
-         switchboard_queued_bytes {}\n{}",
+         switchboard_queued_bytes {}\n{}{cluster_metrics}",
         stats.connections,
         stats.rooms,
         stats.members,

@@ -16,6 +16,12 @@ impl PeerId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// An id that an [`IdSource`] on another instance made, read back from the state the
+    /// instances share (Redis, `crate::cluster`).
+    pub(crate) fn made_elsewhere(id: &str) -> PeerId {
+        PeerId(id.into())
+    }
 }
 
 impl fmt::Display for PeerId {
@@ -41,7 +47,13 @@ pub struct IdSource {
 
 impl IdSource {
     pub fn new() -> Self {
-        let start = Alphanumeric.sample_string(&mut rand::rng(), 6).to_ascii_lowercase();
+        Self::with_random_part(6)
+    }
+
+    /// With a longer random part where many processes make ids for one service (several
+    /// instances): 12 characters make a clash between any two starts negligible.
+    pub fn with_random_part(chars: usize) -> Self {
+        let start = Alphanumeric.sample_string(&mut rand::rng(), chars).to_ascii_lowercase();
         Self { start: start.into(), issued: Arc::new(AtomicU64::new(0)) }
     }
 

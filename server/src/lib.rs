@@ -7,6 +7,7 @@
 mod accept;
 mod admission;
 mod budget;
+mod cluster;
 pub mod config;
 pub mod grant;
 mod hosts;
@@ -55,7 +56,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
     let listening_on_loopback = listener.local_addr()?.ip().is_loopback();
-    let shared = Shared::new(config, listening_on_loopback);
+    let cluster = match &config.redis {
+        Some(url) => Some(cluster::Cluster::new(url, config.rooms.room_size, config.rooms.resume_grace)?),
+        None => None,
+    };
+    let shared = Shared::new(config, listening_on_loopback, cluster);
+    if let Some(cluster) = &shared.cluster {
+        cluster::start(&shared, cluster);
+    }
     shared.tasks.spawn(sweep_expired_members(shared.clone()));
     let summaries = shared.clone();
     shared.tasks.spawn(async move { summaries.turned_away.log_summaries(summaries.shutdown.clone()).await });

@@ -15,6 +15,7 @@
 
 mod graces;
 mod journal;
+mod mirror;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use tokio::sync::Notify;
 
 use self::graces::Graces;
 pub use self::journal::Journal;
+pub use self::mirror::{Attach, Detached, Mirrored, Remote};
 use crate::admission::Ticket;
 use crate::budget::SharedBudget;
 use crate::ids::{IdSource, PeerId, resume_token};

@@ -122,6 +122,18 @@ impl Shards {
         }
     }
 
+    /// The shard of `room`, locked (with `--redis`, to reach a member served here by its room).
+    pub fn lock_room(&self, room: &RoomName) -> MutexGuard<'_, Rooms> {
+        self.lock_index(self.shard_of(room))
+    }
+
+    /// Runs `visit` on every shard in turn, each locked while it runs.
+    pub fn for_each(&self, mut visit: impl FnMut(&mut Rooms)) {
+        for shard in 0..self.shards.len() {
+            visit(&mut self.lock_index(shard));
+        }
+    }
+
     /// Ends expired members and trims retention, one shard at a time.
     pub fn expire(&self, now: Instant) {
         for shard in 0..self.shards.len() {

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::Admission;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hosts::AllowedHosts;
 use crate::shards::Shards;
@@ -25,10 +26,12 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Every connection task and the grace sweeper, so that shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// With `--redis`: the link to the other instances. `None`: this process is the service.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, listening_on_loopback: bool) -> Arc<Self> {
+    pub fn new(config: Config, listening_on_loopback: bool, cluster: Option<Arc<Cluster>>) -> Arc<Self> {
         Arc::new(Self {
             rooms: Shards::for_this_machine(config.rooms.clone()),
             admission: Arc::new(Admission::new(config.max_connections, config.max_connections_per_ip)),
@@ -37,6 +40,7 @@ impl Shared {
             config,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            cluster,
         })
     }
 }

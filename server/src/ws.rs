@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use protocol::{ErrorCode, close_code};
+use protocol::{ErrorCode, RoomName, close_code};
 use tokio::sync::Notify;
 use tokio::time::{Duration, timeout};
 use tracing::Instrument;
@@ -88,6 +88,9 @@ struct DisconnectOnDrop<'a> {
 
 impl Drop for DisconnectOnDrop<'_> {
     fn drop(&mut self) {
+        if let Some(cluster) = &self.shared.cluster {
+            return cluster.disconnect(self.shared, self.place, self.unwritten_from);
+        }
         let (rooms, conn) = (&self.shared.rooms, self.place.conn());
         rooms.lock(self.place).disconnect(conn, Instant::now(), self.unwritten_from);
     }
@@ -133,6 +136,8 @@ struct Reader<'a> {
     budget: SharedBudget,
     /// Set once joined: the member id, and the start of every signal frame it sends.
     member: Option<(PeerId, String)>,
+    /// The member's room (with `--redis`, every signal names it to Redis).
+    room: Option<RoomName>,
     joined_by: Instant,
     heard_at: Instant,
 }
@@ -145,6 +150,7 @@ impl<'a> Reader<'a> {
             place,
             budget: SharedBudget::new(shared.config.rate_limit, now),
             member: None,
+            room: None,
             joined_by: now + shared.config.join_timeout,
             heard_at: now,
         }
@@ -223,7 +229,7 @@ impl<'a> Reader<'a> {
             }
             match message {
                 Message::Text(text) => {
-                    if let Some(end) = self.on_text(&text, now) {
+                    if let Some(end) = self.on_text(&text, now).await {
                         return end;
                     }
                 }
@@ -238,13 +244,29 @@ impl<'a> Reader<'a> {
     }
 
     /// Handles one text frame; `Some` ends the read loop.
-    fn on_text(&mut self, text: &str, now: Instant) -> Option<ReadEnd> {
+    async fn on_text(&mut self, text: &str, now: Instant) -> Option<ReadEnd> {
         match inbound::parse(text) {
             Err(refusal) => self.refuse(refusal),
             Ok(Request::Join { room, name, resume, token, last_seq }) => {
-                return self.join(JoinRequest { room, name, resume, last_seq }, token, now);
+                let request = JoinRequest { room, name, resume, last_seq };
+                if self.shared.cluster.is_some() {
+                    return self.join_cluster(request, token).await;
+                }
+                return self.join(request, token, now);
+            }
+            Ok(Request::Signal { to, signal }) if self.shared.cluster.is_some() => {
+                self.relay_cluster(&to, signal).await;
             }
             Ok(Request::Signal { to, signal }) => self.relay(&to, signal, now),
+            Ok(Request::Leave) if self.shared.cluster.is_some() => {
+                if let (Some(cluster), Some((id, _)), Some(room)) =
+                    (&self.shared.cluster, &self.member, &self.room)
+                {
+                    cluster.leave(self.shared, self.place, room, id).await;
+                    return Some(ReadEnd::Closing);
+                }
+                self.refuse(Refusal::new(ErrorCode::NotJoined, "not in a room"));
+            }
             Ok(Request::Leave) => {
                 // Bound first: a guard in the match scrutinee would live through the arms, and
                 // `refuse` takes the lock again.
@@ -301,6 +323,63 @@ impl<'a> Reader<'a> {
             }
         }
         None
+    }
+
+    /// `join` with `--redis`: Redis decides (crate::cluster); the reader only keeps the result.
+    async fn join_cluster(&mut self, request: JoinRequest, token: Option<String>) -> Option<ReadEnd> {
+        let Some(cluster) = &self.shared.cluster else { return None };
+        if self.member.is_some() {
+            self.refuse(Refusal::new(ErrorCode::AlreadyJoined, "this connection has already joined a room"));
+            return None;
+        }
+        let authorized = match &self.shared.config.token_secret {
+            None => Ok(()),
+            Some(secret) => {
+                let (room, name) = (&request.room, request.name.as_ref());
+                grant::verify(secret, token.as_deref(), room, name, std::time::SystemTime::now())
+            }
+        };
+        if let Err(reason) = &authorized {
+            tracing::info!(%reason, "join without a valid room token: only a resume may proceed");
+        }
+        match cluster.join(self.shared, self.place, request, authorized.is_ok()).await {
+            Ok(joined) => {
+                self.budget = self.rooms().share_budget(&joined.id, self.budget.clone());
+                tracing::info!(peer = %joined.id, room = %joined.room, resumed = joined.resumed, "joined");
+                let from = serde_json::to_string(joined.id.as_str()).unwrap_or_default();
+                let prefix = format!(r#"{{"type":"signal","from":{from},"signal":"#);
+                self.member = Some((joined.id, prefix));
+                self.room = Some(joined.room);
+                None
+            }
+            Err(refusal) if refusal.code == ErrorCode::Unauthorized => {
+                self.refuse(refusal);
+                Some(self.close(close_code::POLICY, "unauthorized"))
+            }
+            Err(refusal) => {
+                self.refuse(refusal);
+                None
+            }
+        }
+    }
+
+    /// A signal with `--redis`: numbered and kept by Redis, delivered by the recipient's instance.
+    async fn relay_cluster(&mut self, to: &str, signal: &str) {
+        let (Some(cluster), Some((from, prefix)), Some(room)) =
+            (&self.shared.cluster, &self.member, &self.room)
+        else {
+            self.refuse(
+                Refusal::new(ErrorCode::NotJoined, "join a room before sending signals")
+                    .about_signal_to(Some(to)),
+            );
+            return;
+        };
+        let mut open = String::with_capacity(prefix.len() + signal.len());
+        open.push_str(prefix);
+        open.push_str(signal);
+        if let Err(refusal) = cluster.relay(self.place.conn(), room, from, to, open).await {
+            self.refuse(refusal);
+        }
     }
 
     fn relay(&mut self, to: &str, signal: &str, now: Instant) {

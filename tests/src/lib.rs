@@ -22,9 +22,11 @@
 mod bins;
 pub mod browser;
 pub mod coturn;
+pub mod haproxy;
 mod netns;
 mod peer;
 pub mod proxy;
+pub mod redis;
 mod scratch;
 mod server;
 

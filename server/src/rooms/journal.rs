@@ -226,6 +226,24 @@ impl Journal {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// An empty journal whose next message carries `next_seq` (a member whose earlier messages
+    /// are numbered and kept elsewhere: Redis, with several instances).
+    pub fn starting_at(next_seq: u64) -> Self {
+        Journal { next_seq: next_seq.max(1), ..Journal::default() }
+    }
+
+    /// The latest seq handed to a writer (after a [`Self::rewind`], of what stayed written).
+    pub fn written_seq(&self) -> u64 {
+        let written = (self.cursor - self.front) as usize;
+        if let Some(seq) = self.entries.range(..written).rev().find_map(|e| e.seq) {
+            return seq;
+        }
+        match self.entries.range(written..).find_map(|e| e.seq) {
+            Some(first_pending) => first_pending - 1,
+            None => self.next_seq - 1,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,85 @@
+-- Prepended to every Switchboard script. The keys of room R all start with P = "sb:{R}:" (one
+-- hash slot per room, so the keyspace can be split by room); instance keys are "sb:alive:I"
+-- (the heartbeat, with a TTL), "sb:inst:I" (the "room id" of every member connected there) and
+-- the sets "sb:instances" and "sb:grace" (members in grace, scored by their deadline in ms).
+--
+-- A member M of R: "P m:M" (hash: name, token, owner = instance or "" while in grace, session =
+-- the connection it was last on, seq = the latest number given, written = the latest number its
+-- last connection surely wrote), "P q:M" (stream: its numbered messages, entry id "seq-0", field
+-- f = the frame), "P tok:T" (its resume token). "P members" orders the room (zset, join order),
+-- "P order" counts joins.
+
+local RETAIN = 8192
+
+local function prefix(room)
+  return 'sb:{' .. room .. '}:'
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Numbers `open` (a JSON object without its closing brace) with the member's next seq, keeps it
+-- in the member's stream and hands it to the instance the member is connected to, if any
+-- ("d room id seq frame" on the instance's channel).
+local function deliver(room, id, open)
+  local P = prefix(room)
+  local m = P .. 'm:' .. id
+  local seq = redis.call('HINCRBY', m, 'seq', 1)
+  local frame = open .. ',"seq":' .. seq .. '}'
+  redis.call('XADD', P .. 'q:' .. id, 'MAXLEN', '~', RETAIN, seq .. '-0', 'f', frame)
+  local owner = redis.call('HGET', m, 'owner')
+  if owner and owner ~= '' then
+    redis.call('PUBLISH', 'sb:i:' .. owner, 'd\n' .. room .. '\n' .. id .. '\n' .. seq .. '\n' .. frame)
+  end
+  return seq
+end
+
+-- Removes the member everywhere and tells the rest of its room (peer_left).
+local function end_member(room, id)
+  local P = prefix(room)
+  local m = P .. 'm:' .. id
+  local f = redis.call('HMGET', m, 'token', 'owner')
+  if not f[1] then
+    return 0
+  end
+  redis.call('DEL', m, P .. 'q:' .. id, P .. 'tok:' .. f[1])
+  redis.call('ZREM', P .. 'members', id)
+  redis.call('ZREM', 'sb:grace', room .. ' ' .. id)
+  if f[2] and f[2] ~= '' then
+    redis.call('SREM', 'sb:inst:' .. f[2], room .. ' ' .. id)
+  end
+  local rest = redis.call('ZRANGE', P .. 'members', 0, -1)
+  if #rest == 0 then
+    redis.call('DEL', P .. 'members', P .. 'order')
+  else
+    for _, other in ipairs(rest) do
+      deliver(room, other, '{"type":"peer_left","id":"' .. id .. '"')
+    end
+  end
+  return 1
+end
+
+-- The member's connection is gone: it keeps its place until `deadline` (ms, Redis clock).
+local function suspend(room, id, deadline)
+  local m = prefix(room) .. 'm:' .. id
+  local owner = redis.call('HGET', m, 'owner')
+  if not owner then
+    return
+  end
+  if owner ~= '' then
+    redis.call('SREM', 'sb:inst:' .. owner, room .. ' ' .. id)
+  end
+  redis.call('HSET', m, 'owner', '')
+  redis.call('ZADD', 'sb:grace', deadline, room .. ' ' .. id)
+end
+
+local function peers_of(P, ids)
+  local peers = {}
+  for _, other in ipairs(ids) do
+    peers[#peers + 1] = other
+    peers[#peers + 1] = redis.call('HGET', P .. 'm:' .. other, 'name')
+  end
+  return peers
+end

@@ -1,0 +1,239 @@
+//! Members held in Redis (several instances, `crate::cluster`), as this instance serves them.
+//!
+//! With `--redis`, Redis decides membership, numbers every message and keeps it (a stream per
+//! member); `Rooms` only keeps, for each member connected here, a *mirror*: its connection and a
+//! [`Journal`] that starts at the number Redis says comes next and takes the messages Redis hands
+//! this instance in number order. So the writer, the byte accounting and the not-reading rule
+//! are the same code in both modes, and the rules that decide (room full, who is in the room,
+//! the numbers) are never taken twice: a mirror never notifies anyone and never ends a member.
+//! It is dropped quietly when its connection goes (Redis then holds the member in grace), when
+//! the member moves to another connection, or when it ends.
+
+use super::*;
+
+/// A member joined or resumed through Redis, ready to be served on a connection.
+#[derive(Debug)]
+pub struct Attach {
+    pub id: PeerId,
+    pub room: RoomName,
+    pub peers: Vec<PeerInfo>,
+    pub resume_token: String,
+    pub resumed: bool,
+    /// The `welcome.seq`: the first message to come carries this + 1.
+    pub welcome_seq: u64,
+    /// Every message after `welcome_seq` that Redis already holds, in order.
+    pub backlog: Vec<Frame>,
+}
+
+/// What became of a message from Redis.
+#[derive(Debug)]
+pub enum Remote {
+    /// Queued for the member's writer.
+    Taken,
+    /// Already queued (a number below the next expected): dropped.
+    Stale,
+    /// Messages before it have not arrived: fetch from `next` on (the message is dropped; the
+    /// fetch brings it again).
+    Gap { next: u64 },
+    /// The member is not served here (any more).
+    Absent,
+    /// The member's client does not read: its connection is closed (1008) and the mirror
+    /// dropped; Redis must hold the member in grace.
+    Overflow(Detached),
+}
+
+/// A mirror dropped because its connection went away: Redis should hold the member in grace,
+/// knowing which numbers were surely written.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    pub id: PeerId,
+    pub room: RoomName,
+    pub conn: ConnId,
+    /// The latest seq the connection's writer surely wrote (for a resume without `last_seq`).
+    pub written: u64,
+}
+
+/// A member served here, as Redis should know it.
+#[derive(Debug, Clone)]
+pub struct Mirrored {
+    pub id: PeerId,
+    pub room: RoomName,
+    pub conn: ConnId,
+}
+
+impl Rooms {
+    /// True when a member for `room` would take this instance past `--max-rooms`.
+    pub fn room_cap_reached(&self, room: &RoomName) -> bool {
+        !self.rooms.contains_key(room)
+            && self.wide.rooms.load(std::sync::atomic::Ordering::Relaxed) >= self.config.max_rooms
+    }
+
+    /// Serves the member on `conn`: `welcome` first, then the backlog, then whatever
+    /// [`Self::push_remote`] brings. Returns false (changing nothing) if the connection is gone
+    /// or has joined meanwhile; the caller then hands the member back to Redis' grace.
+    pub fn attach(&mut self, conn: ConnId, attach: Attach) -> bool {
+        if !self.conns.get(&conn).is_some_and(|c| c.member.is_none() && c.close.is_none()) {
+            return false;
+        }
+        // Resumed here while its old connection (also here) is still open: that one is replaced.
+        self.replace_connection(&attach.id);
+        self.forget(&attach.id);
+        let Attach { id, room, peers, resume_token, resumed, welcome_seq, backlog } = attach;
+        let mut journal = Journal::starting_at(welcome_seq + 1);
+        let retention = self.config.retention();
+        let mut overflowed = false;
+        for frame in backlog {
+            if journal.push_numbered(frame, retention, &mut self.queued).is_err() {
+                overflowed = true;
+                break;
+            }
+        }
+        if !self.rooms.contains_key(&room) {
+            // Counted against --max-rooms (checked before Redis was asked; a race may pass it by
+            // a room or two, never more than the joins in flight).
+            self.wide.open_room(usize::MAX);
+        }
+        self.rooms.entry(room.clone()).or_default().members.push(id.clone());
+        self.members.insert(
+            id.clone(),
+            Member {
+                name: String::new(),
+                room: room.clone(),
+                resume_token: String::new(),
+                link: Link::Connected(conn),
+                held: Held::default(),
+                journal,
+                trim_due: false,
+            },
+        );
+        let welcome = self.welcome(&id, &room, peers, resume_token, resumed, welcome_seq);
+        self.link_connection(conn, &id, welcome);
+        if overflowed {
+            tracing::warn!(peer = %id, "more to replay than a journal may hold; closing (1008)");
+            self.close(conn, CloseRequest::new(close_code::POLICY, "too much to replay"));
+        }
+        true
+    }
+
+    /// A message Redis numbered `seq` for the member `id`.
+    pub fn push_remote(&mut self, id: &str, seq: u64, frame: Frame) -> Remote {
+        let Some(member) = self.members.get_mut(id) else { return Remote::Absent };
+        let Link::Connected(conn) = member.link else { return Remote::Absent };
+        let next = member.journal.next_seq();
+        if seq < next {
+            return Remote::Stale;
+        }
+        if seq > next {
+            return Remote::Gap { next };
+        }
+        match member.journal.push_numbered(frame, self.config.outbox, &mut self.queued) {
+            Ok(()) => {
+                member.journal.trim(0, self.config.retention(), &mut self.queued);
+                if let Some(connection) = self.conns.get(&conn) {
+                    connection.wake.notify_one();
+                }
+                Remote::Taken
+            }
+            Err(_) => {
+                let id = id.to_owned();
+                tracing::warn!(peer = %id, %conn, "client is not reading its socket: closing it (1008)");
+                self.close(conn, CloseRequest::immediate(close_code::POLICY, "not reading"));
+                match self.detach(conn, None) {
+                    Some(detached) => Remote::Overflow(detached),
+                    None => Remote::Absent,
+                }
+            }
+        }
+    }
+
+    /// The connection's socket is gone (or given up): its mirror is dropped. Returns what Redis
+    /// needs to hold the member in grace, if the connection still served one.
+    pub fn detach(&mut self, conn: ConnId, unwritten_from: Option<u64>) -> Option<Detached> {
+        let connection = self.conns.get_mut(&conn)?;
+        let id = connection.served.take()?;
+        connection.member = None;
+        let member = self.members.get_mut(&id)?;
+        if !matches!(member.link, Link::Connected(linked) if linked == conn) {
+            return None;
+        }
+        if let Some(position) = unwritten_from {
+            member.journal.rewind(position);
+        }
+        let detached = Detached {
+            id: id.clone(),
+            room: member.room.clone(),
+            conn,
+            written: member.journal.written_seq(),
+        };
+        self.forget(&id);
+        Some(detached)
+    }
+
+    /// The connection is gone: its mirror (if any) is dropped, then the connection itself.
+    pub fn disconnect_mirrored(&mut self, conn: ConnId, unwritten_from: Option<u64>) -> Option<Detached> {
+        let detached = self.detach(conn, unwritten_from);
+        self.disconnect(conn, Instant::now(), None);
+        detached
+    }
+
+    /// The member moved to another connection (Redis says so): if it is still on a connection
+    /// here that `is_old` recognises, that one is closed with 4000 and the mirror dropped.
+    pub fn kick(&mut self, id: &str, is_old: impl Fn(ConnId) -> bool) {
+        let Some((id, member)) = self.members.get_key_value(id) else { return };
+        if !matches!(member.link, Link::Connected(conn) if is_old(conn)) {
+            return;
+        }
+        let id = id.clone();
+        self.replace_connection(&id);
+        self.forget(&id);
+    }
+
+    /// The member is no longer this instance's to serve (Redis lost it or ended it): its
+    /// connection closes with `close` and the mirror is dropped.
+    pub fn drop_mirrored(&mut self, id: &str, close: CloseRequest) {
+        let Some((id, member)) = self.members.get_key_value(id) else { return };
+        let Link::Connected(conn) = member.link else { return };
+        let id = id.clone();
+        self.close(conn, close);
+        if let Some(connection) = self.conns.get_mut(&conn) {
+            connection.member = None;
+            connection.served = None;
+        }
+        self.forget(&id);
+    }
+
+    /// Every member served here.
+    pub fn mirrored(&self) -> Vec<Mirrored> {
+        self.members
+            .iter()
+            .filter_map(|(id, member)| match member.link {
+                Link::Connected(conn) => Some(Mirrored { id: id.clone(), room: member.room.clone(), conn }),
+                Link::Suspended { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The seq the member's next message must carry, if it is served here.
+    pub fn mirror_of(&self, id: &str) -> Option<u64> {
+        Some(self.members.get(id)?.journal.next_seq())
+    }
+
+    /// Drops a mirror without telling anyone: Redis owns the member.
+    fn forget(&mut self, id: &PeerId) {
+        let Some(mut member) = self.members.remove(id) else { return };
+        member.journal.clear(&mut self.queued);
+        if let Link::Connected(conn) = member.link
+            && let Some(connection) = self.conns.get_mut(&conn)
+            && connection.member.as_ref() == Some(id)
+        {
+            connection.member = None;
+        }
+        if let Some(room) = self.rooms.get_mut(&member.room) {
+            room.members.retain(|m| m != id);
+            if room.members.is_empty() {
+                self.rooms.remove(&member.room);
+                self.wide.close_room();
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Several instances as one service (issue 15, INTERFACES.md "Several instances"): two real
+//! `server` processes on one real Redis (Debian's `redis-server`, started by each test), with
+//! members spread over both. Each test runs in its own loopback-only network namespace.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tests::redis::Redis;
+use tests::{Server, isolated};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+/// How long a test waits for a message it expects.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A protocol client on one instance.
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a connection ended, as its client saw it.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    Closed(Option<u16>),
+    Dropped,
+}
+
+impl Client {
+    async fn connect(server: &Server) -> Client {
+        let (ws, _) = connect_async(server.ws_url()).await.expect("WebSocket upgrade succeeds");
+        Client { ws }
+    }
+
+    async fn send(&mut self, message: Value) {
+        self.ws.send(Message::text(message.to_string())).await.expect("frame sent");
+    }
+
+    /// Joins `room` as `name` on `server`: the client and its welcome.
+    async fn join(server: &Server, room: &str, name: &str) -> (Client, Value) {
+        let mut client = Client::connect(server).await;
+        client.send(json!({"type": "join", "room": room, "name": name})).await;
+        let welcome = client.expect("welcome").await;
+        (client, welcome)
+    }
+
+    /// Resumes with `welcome`'s token on `server`, saying it handled up to `last_seq`.
+    async fn resume(server: &Server, room: &str, welcome: &Value, last_seq: u64) -> (Client, Value) {
+        let mut client = Client::connect(server).await;
+        client
+            .send(json!({"type": "join", "room": room, "resume": welcome["resume_token"], "last_seq": last_seq}))
+            .await;
+        let welcome = client.expect("welcome").await;
+        (client, welcome)
+    }
+
+    async fn try_recv(&mut self, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await.ok()? {
+                Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).expect("JSON")),
+                Some(Ok(Message::Close(close))) => panic!("closed unexpectedly: {close:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("connection failed: {e}"),
+                None => panic!("connection ended"),
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.unwrap_or_else(|| panic!("no message within {WAIT:?}"))
+    }
+
+    /// The next message, which must be of type `kind`.
+    async fn expect(&mut self, kind: &str) -> Value {
+        let message = self.recv().await;
+        assert_eq!(message["type"], kind, "expected {kind}, got {message}");
+        message
+    }
+
+    async fn expect_error(&mut self, code: &str) -> Value {
+        let message = self.expect("error").await;
+        assert_eq!(message["code"], code, "{message}");
+        message
+    }
+
+    async fn expect_silence(&mut self, within: Duration) {
+        if let Some(message) = self.try_recv(within).await {
+            panic!("expected nothing, got {message}");
+        }
+    }
+
+    /// Reads until the connection ends (at most `within`); the close code if it sent one.
+    async fn ended(&mut self, within: Duration) -> Ended {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("the connection did not end within {within:?}"),
+                Ok(Some(Ok(Message::Close(close)))) => {
+                    return Ended::Closed(close.map(|c| u16::from(c.code)));
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return Ended::Dropped,
+            }
+        }
+    }
+}
+
+fn signal_to(to: &Value, n: u64) -> Value {
+    json!({"type": "signal", "to": to, "signal": {"type": "candidate", "candidate": {"candidate": format!("n{n}"), "sdpMid": "0"}}})
+}
+
+/// The `n` a [`signal_to`] carried.
+fn number_of(message: &Value) -> u64 {
+    message["signal"]["candidate"]["candidate"]
+        .as_str()
+        .and_then(|c| c.strip_prefix('n'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a numbered signal: {message}"))
+}
+
+/// Two instances on one Redis, with `extra` flags each.
+async fn two_instances(redis: &Redis, extra: &[&str]) -> (Server, Server) {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    let a = Server::start(&args).await;
+    let b = Server::start(&args).await;
+    for server in [&a, &b] {
+        server.wait_for_metric("switchboard_redis_up", 1.0).await;
+    }
+    (a, b)
+}
+
+#[test]
+fn a_room_spans_two_instances_with_every_guarantee() {
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let (a, b) = two_instances(&redis, &["--room-size", "3"]).await;
+
+        let (mut ana, ana_welcome) = Client::join(&a, "x", "ana").await;
+        let (mut bob, bob_welcome) = Client::join(&b, "x", "bob").await;
+        assert_eq!(bob_welcome["peers"], json!([{"id": ana_welcome["id"], "name": "ana"}]), "bob sees ana");
+        assert_ne!(ana_welcome["id"], bob_welcome["id"]);
+        let joined = ana.expect("peer_joined").await;
+        assert_eq!(
+            (joined["peer"]["id"].clone(), joined["seq"].clone()),
+            (bob_welcome["id"].clone(), json!(1))
+        );
+
+        // Signals cross instances in order, once each, numbered per recipient.
+        for n in 1..=50 {
+            bob.send(signal_to(&ana_welcome["id"], n)).await;
+        }
+        for n in 1..=50 {
+            let signal = ana.expect("signal").await;
+            assert_eq!(signal["from"], bob_welcome["id"]);
+            assert_eq!((number_of(&signal), signal["seq"].as_u64()), (n, Some(n + 1)));
+        }
+        ana.send(signal_to(&bob_welcome["id"], 7)).await;
+        let signal = bob.expect("signal").await;
+        assert_eq!((signal["from"].clone(), signal["seq"].clone()), (ana_welcome["id"].clone(), json!(1)));
+
+        // A third member on A: both others hear of it, and it lists them oldest first.
+        let (mut cy, cy_welcome) = Client::join(&a, "x", "cy").await;
+        let names: Vec<&Value> =
+            cy_welcome["peers"].as_array().expect("peers").iter().map(|p| &p["name"]).collect();
+        assert_eq!(names, [&json!("ana"), &json!("bob")], "oldest first");
+        assert_eq!(ana.expect("peer_joined").await["peer"]["name"], "cy");
+        assert_eq!(bob.expect("peer_joined").await["peer"]["name"], "cy");
+
+        // room_full counts members on both instances.
+        let mut dan = Client::connect(&b).await;
+        dan.send(json!({"type": "join", "room": "x", "name": "dan"})).await;
+        dan.expect_error("room_full").await;
+
+        // Only members of the room can be reached.
+        bob.send(signal_to(&json!("nobody"), 1)).await;
+        assert_eq!(bob.expect_error("unknown_peer").await["to"], "nobody");
+        bob.send(signal_to(&bob_welcome["id"], 1)).await;
+        bob.expect_error("unknown_peer").await;
+
+        // leave on B: the members on A see peer_left, and the place is free for dan.
+        bob.send(json!({"type": "leave"})).await;
+        assert_eq!(bob.ended(WAIT).await, Ended::Closed(Some(1000)));
+        assert_eq!(ana.expect("peer_left").await["id"], bob_welcome["id"]);
+        assert_eq!(cy.expect("peer_left").await["id"], bob_welcome["id"]);
+        dan.send(json!({"type": "join", "room": "x", "name": "dan"})).await;
+        let dan_welcome = dan.expect("welcome").await;
+        assert_eq!(dan_welcome["peers"].as_array().map(Vec::len), Some(2));
+        assert_eq!(cy_welcome["seq"], 0);
+    });
+}
+
+#[test]
+fn a_resume_on_the_other_instance_replays_exactly_the_unhandled_messages_once_in_order() {
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let (a, b) = two_instances(&redis, &["--resume-grace", "20s"]).await;
+        let (mut ana, _) = Client::join(&a, "x", "ana").await;
+        let (mut bob, bob_welcome) = Client::join(&b, "x", "bob").await;
+        ana.expect("peer_joined").await;
+        for n in 1..=8 {
+            ana.send(signal_to(&bob_welcome["id"], n)).await;
+        }
+        // Bob's socket delivered all eight; his client handled three before it died.
+        for n in 1..=8 {
+            assert_eq!(bob.expect("signal").await["seq"], n);
+        }
+        drop(bob);
+        let (mut back, welcome) = Client::resume(&a, "x", &bob_welcome, 3).await;
+        assert_eq!(
+            (welcome["resumed"].clone(), welcome["id"].clone()),
+            (json!(true), bob_welcome["id"].clone())
+        );
+        assert_eq!(welcome["seq"], 3, "the next message carries 4");
+        let mut replayed = Vec::new();
+        for _ in 0..5 {
+            let message = back.expect("signal").await;
+            replayed.push((message["seq"].as_u64().expect("seq"), number_of(&message)));
+        }
+        assert_eq!(replayed, [(4, 4), (5, 5), (6, 6), (7, 7), (8, 8)], "in order, each once");
+        back.expect_silence(Duration::from_millis(500)).await;
+        ana.send(signal_to(&bob_welcome["id"], 9)).await;
+        let next = back.expect("signal").await;
+        assert_eq!((next["seq"].as_u64(), number_of(&next)), (Some(9), 9), "the counter continues");
+        ana.expect_silence(Duration::from_millis(300)).await;
+    });
+}
+
+#[test]
+fn a_resume_on_one_instance_closes_the_old_connection_on_the_other_with_4000() {
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let (a, b) = two_instances(&redis, &[]).await;
+        let (mut ana, _) = Client::join(&a, "x", "ana").await;
+        let (mut old, bob_welcome) = Client::join(&b, "x", "bob").await;
+        ana.expect("peer_joined").await;
+        let (mut new, welcome) = Client::resume(&a, "x", &bob_welcome, 0).await;
+        assert_eq!(welcome["resumed"], true);
+        assert_eq!(old.ended(WAIT).await, Ended::Closed(Some(4000)));
+        ana.send(signal_to(&bob_welcome["id"], 1)).await;
+        assert_eq!(number_of(&new.expect("signal").await), 1, "the new connection gets what follows");
+        ana.expect_silence(Duration::from_millis(300)).await;
+    });
+}
+
+/// Instance B is killed (SIGKILL) while ana (on A) keeps signalling bob and cy (on B). Bob
+/// resumes on A within grace and gets every signal, once, in order; cy never comes back, and
+/// ana sees her leave after grace (after B's death is noticed, within 5 s), never bob's.
+#[test]
+fn when_an_instance_is_killed_those_who_resume_elsewhere_lose_nothing_and_the_rest_leave_after_grace() {
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let (a, mut b) = two_instances(&redis, &["--resume-grace", "4s"]).await;
+        let (mut ana, _) = Client::join(&a, "x", "ana").await;
+        let (mut bob, bob_welcome) = Client::join(&b, "x", "bob").await;
+        let (mut cy, cy_welcome) = Client::join(&b, "x", "cy").await;
+        assert_eq!(ana.expect("peer_joined").await["peer"]["name"], "bob");
+        assert_eq!(ana.expect("peer_joined").await["peer"]["name"], "cy");
+        assert_eq!(bob.expect("peer_joined").await["peer"]["name"], "cy");
+        let mut handled = 1;
+        for n in 1..=20 {
+            ana.send(signal_to(&bob_welcome["id"], n)).await;
+        }
+        // Bob handles the first ten; the rest may or may not have reached his socket.
+        for n in 1..=10 {
+            let signal = bob.expect("signal").await;
+            assert_eq!(number_of(&signal), n);
+            handled = signal["seq"].as_u64().expect("seq");
+        }
+        b.kill().await;
+        assert_eq!(bob.ended(WAIT).await, Ended::Dropped);
+        assert_eq!(cy.ended(WAIT).await, Ended::Dropped);
+        for n in 21..=30 {
+            ana.send(signal_to(&bob_welcome["id"], n)).await;
+        }
+        let (mut back, welcome) = Client::resume(&a, "x", &bob_welcome, handled).await;
+        assert_eq!(
+            (welcome["resumed"].clone(), welcome["id"].clone()),
+            (json!(true), bob_welcome["id"].clone())
+        );
+        for n in 11..=30 {
+            let signal = back.expect("signal").await;
+            assert_eq!(number_of(&signal), n, "every signal once, in order: {signal}");
+        }
+        let killed_at = tokio::time::Instant::now();
+        let left = ana.try_recv(Duration::from_secs(4 + 5 + 3)).await.expect("peer_left for cy after grace");
+        assert_eq!(
+            (left["type"].clone(), left["id"].clone()),
+            (json!("peer_left"), cy_welcome["id"].clone())
+        );
+        assert!(killed_at.elapsed() >= Duration::from_secs(3), "not before grace: {:?}", killed_at.elapsed());
+        assert_eq!(back.expect("peer_left").await["id"], cy_welcome["id"]);
+        ana.expect_silence(Duration::from_secs(1)).await;
+    });
+}
+
+/// Redis is killed and started again (empty). Meanwhile the instance keeps its connections,
+/// says 503 on /healthz and `switchboard_redis_up 0`, answers what needs Redis with
+/// `server_busy`; once Redis is back it closes the members Redis lost with 1012 and serves
+/// joins again, by itself.
+#[test]
+fn an_instance_survives_redis_stopping_and_recovers_when_it_returns() {
+    isolated(|| async {
+        let mut redis = Redis::start().await;
+        let (a, _b) = two_instances(&redis, &[]).await;
+        let (mut ana, _) = Client::join(&a, "x", "ana").await;
+        let (_bob, bob_welcome) = Client::join(&a, "x", "bob").await;
+        ana.expect("peer_joined").await;
+        assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 200"));
+
+        redis.kill().await;
+        a.wait_for_metric("switchboard_redis_up", 0.0).await;
+        assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 503"), "healthz says it");
+        ana.send(signal_to(&bob_welcome["id"], 1)).await;
+        assert_eq!(ana.expect_error("server_busy").await["to"], bob_welcome["id"]);
+        let mut eve = Client::connect(&a).await;
+        eve.send(json!({"type": "join", "room": "y", "name": "eve"})).await;
+        eve.expect_error("server_busy").await;
+
+        redis.restart().await;
+        a.wait_for_metric("switchboard_redis_up", 1.0).await;
+        assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 200"));
+        // Redis came back empty: ana's membership is gone, so her connection is closed (1012)
+        // and she joins again.
+        assert_eq!(ana.ended(WAIT).await, Ended::Closed(Some(1012)));
+        eve.send(json!({"type": "join", "room": "y", "name": "eve"})).await;
+        assert_eq!(eve.expect("welcome").await["resumed"], false);
+        let (_ana, again) = Client::join(&a, "x", "ana").await;
+        assert_eq!(again["resumed"], false);
+    });
+}
+
+#[test]
+fn without_redis_reachable_at_start_the_server_still_starts_and_says_so() {
+    isolated(|| async {
+        let port = tests::redis::free_port().to_string();
+        let url = format!("redis://127.0.0.1:{port}/");
+        let a = Server::start(&["--redis", &url]).await;
+        assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 503"));
+        assert_eq!(a.metric("switchboard_redis_up").await, 0.0);
+    });
+}
