@@ -10,6 +10,7 @@
 #   QUICK=1 scripts/bench.sh    # 1 round, shorter runs, 1k/4k idle connections (a smoke test)
 #   NO_WEBRTC=1 scripts/bench.sh  # skip the peer's WebRTC bench
 #   NO_BROWSER=1 scripts/bench.sh # skip the browser <-> Rust connect bench (headless Chromium)
+#   NO_CLUSTER=1 scripts/bench.sh # skip the several-instances section (needs redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -120,4 +121,106 @@ summary=$(taskset -c 1 target/release/bench suite \
   --udp-json "$out/udp.json" --webrtc-json "$webrtc_json" \
   --doc docs/benchmarks.md --out "$out/results.json")
 log "wrote docs/benchmarks.md (signaling section) and $out/results.json"
+
+# Several instances on one Redis (issue 15): pairs split over two instances, pairs on one
+# instance with --redis, and one process without Redis, each relaying as fast as the window
+# allows and then paced for latency. Servers and Redis share core 0, the load generator core 1;
+# CPU per signal counts the servers and Redis together. NO_CLUSTER=1 skips it.
+if [ -z "${NO_CLUSTER:-}" ]; then
+  if command -v redis-server >/dev/null 2>&1; then
+    log "several instances: split over two instances vs one, on one Redis"
+    QUICK="${QUICK:-}" python3 - "$out/cluster.json" <<'PY' >&2
+import json, os, re, socket, subprocess, sys, tempfile, time
+
+quick = bool(os.environ.get("QUICK"))
+measure, pairs, rate = ("2s", 50, 2000) if quick else ("4s", 100, 5000)
+tick = os.sysconf("SC_CLK_TCK")
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close(); return port
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+
+def start_server(extra):
+    proc = subprocess.Popen(["taskset", "-c", "0", "target/release/server", "--addr", "127.0.0.1:0",
+                             "--no-rate-limit", *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = proc.stdout.readline()
+    addr = re.search(r"http://(\S+)", line).group(1)
+    return proc, addr
+
+def wait_redis_up(addr):
+    for _ in range(100):
+        try:
+            body = subprocess.run(["curl", "-s", f"http://{addr}/metrics"], capture_output=True, text=True, timeout=2).stdout
+        except Exception:
+            body = ""
+        if "switchboard_redis_up 1" in body:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"instance {addr} never reached Redis")
+
+def relay(addr, addr_b, pids, paced):
+    args = ["taskset", "-c", "1", "target/release/bench", "relay", "--addr", addr, "--pairs", str(pairs),
+            "--warmup", "1s", "--measure", measure]
+    if addr_b:
+        args += ["--addr-b", addr_b]
+    if paced:
+        args += ["--rate", str(rate)]
+    before = [cpu_seconds(p) for p in pids]
+    result = json.loads(subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout.strip().splitlines()[-1])
+    used = [cpu_seconds(p) - b for p, b in zip(pids, before)]
+    received = max(result["received"], 1)
+    result["service_cpu_us_per_msg"] = sum(used) * 1e6 / received
+    # Redis is the last pid when there is one.
+    result["redis_cpu_us_per_msg"] = used[-1] * 1e6 / received if len(pids) > 1 else None
+    return result
+
+workdir = tempfile.mkdtemp(prefix="switchboard-bench-redis-")
+redis_port = free_port()
+redis = subprocess.Popen(["taskset", "-c", "0", "redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)
+time.sleep(0.5)
+url = f"redis://127.0.0.1:{redis_port}/"
+results = {}
+try:
+    for name in ("single", "one_instance", "split"):
+        procs = []
+        if name == "single":
+            procs.append(start_server([]))
+        else:
+            procs.append(start_server(["--redis", url]))
+            if name == "split":
+                procs.append(start_server(["--redis", url]))
+            for _, addr in procs:
+                wait_redis_up(addr)
+        pids = [p.pid for p, _ in procs] + ([] if name == "single" else [redis.pid])
+        a = procs[0][1]
+        b = procs[1][1] if name == "split" else None
+        throughput = relay(a, b, pids, paced=False)
+        latency = relay(a, b, pids, paced=True)
+        results[name] = {
+            "signals_per_s": round(throughput["msgs_per_s"]),
+            "cpu_us_per_signal": round(throughput["service_cpu_us_per_msg"], 1),
+            "redis_cpu_us_per_signal": throughput["redis_cpu_us_per_msg"] and round(throughput["redis_cpu_us_per_msg"], 1),
+            "errors": throughput["errors"] + latency["errors"],
+            "lost": throughput["lost"] + latency["lost"],
+            "paced_rate": rate,
+            "p50_ms": latency["latency"]["p50_ms"],
+            "p99_ms": latency["latency"]["p99_ms"],
+        }
+        print(f"bench: {name}: {results[name]}", file=sys.stderr)
+        for p, _ in procs:
+            p.terminate(); p.wait(timeout=10)
+finally:
+    redis.terminate(); redis.wait(timeout=10)
+json.dump(results, open(sys.argv[1], "w"), indent=1)
+PY
+    log "wrote $out/cluster.json"
+    cat "$out/cluster.json" >&2
+  else
+    log "redis-server not found: the several-instances section is skipped (apt-get install redis-server)"
+  fi
+fi
 echo "$summary"

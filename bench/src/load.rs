@@ -18,6 +18,9 @@ use crate::stats::Latency;
 pub struct LoadConfig {
     pub proto: Proto,
     pub addr: SocketAddr,
+    /// Where the second member of each pair joins (another instance of one service); `None`:
+    /// at `addr` too.
+    pub addr_b: Option<SocketAddr>,
     pub pairs: usize,
     /// Signals in flight per direction at most.
     pub window: u64,
@@ -59,7 +62,8 @@ pub async fn run(config: LoadConfig) -> anyhow::Result<LoadResult> {
     for i in 0..config.pairs {
         let room = format!("{}-{i}", config.tag);
         let a = RawConn::join(config.proto, config.addr, &room, &format!("{room}a")).await?;
-        let b = RawConn::join(config.proto, config.addr, &room, &format!("{room}b")).await?;
+        let b = RawConn::join(config.proto, config.addr_b.unwrap_or(config.addr), &room, &format!("{room}b"))
+            .await?;
         pairs.push((a, b));
     }
     let own_cpu_start = crate::server::cpu_us(std::process::id())?;

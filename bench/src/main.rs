@@ -101,6 +101,9 @@ struct RelayArgs {
     proto: Proto,
     #[arg(long)]
     addr: SocketAddr,
+    /// The second member of each pair joins here (another instance sharing one Redis).
+    #[arg(long)]
+    addr_b: Option<SocketAddr>,
     #[arg(long, default_value_t = 200)]
     pairs: usize,
     #[arg(long, default_value_t = 128)]
@@ -190,12 +193,13 @@ fn udp_command(args: UdpArgs) -> anyhow::Result<()> {
 }
 
 async fn relay_command(args: RelayArgs) -> anyhow::Result<()> {
-    if !args.addr.ip().is_loopback() {
+    if !args.addr.ip().is_loopback() || args.addr_b.is_some_and(|addr| !addr.ip().is_loopback()) {
         bail!("benchmarks only run against loopback addresses");
     }
     let result = load::run(load::LoadConfig {
         proto: args.proto,
         addr: args.addr,
+        addr_b: args.addr_b,
         pairs: args.pairs,
         window: args.window,
         warmup: args.warmup,

@@ -73,6 +73,7 @@ pub async fn run_server(
         let base = LoadConfig {
             proto,
             addr: server.addr,
+            addr_b: None,
             pairs: config.pairs,
             window: config.window,
             warmup: config.warmup,

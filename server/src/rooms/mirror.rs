@@ -237,3 +237,86 @@ impl Rooms {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attach_new(rooms: &mut Rooms, id: &str, welcome_seq: u64, backlog: &[u64]) -> ConnId {
+        let conn = rooms.connect(Arc::new(Notify::new()));
+        let attach = Attach {
+            id: PeerId::made_elsewhere(id),
+            room: RoomName::parse("r").expect("valid"),
+            peers: Vec::new(),
+            resume_token: "t".into(),
+            resumed: welcome_seq > 0,
+            welcome_seq,
+            backlog: backlog.iter().map(|seq| frame(*seq)).collect(),
+        };
+        assert!(rooms.attach(conn, attach));
+        conn
+    }
+
+    fn frame(seq: u64) -> Frame {
+        format!(r#"{{"type":"peer_left","id":"x","seq":{seq}}}"#).into()
+    }
+
+    /// The seqs of the numbered messages written to `conn` so far (the welcome's own first).
+    fn written(rooms: &mut Rooms, conn: ConnId) -> Vec<u64> {
+        let outbound = rooms.take_outbound(conn, Instant::now());
+        outbound
+            .frames
+            .iter()
+            .map(|f| {
+                serde_json::from_str::<serde_json::Value>(f).expect("JSON")["seq"].as_u64().expect("seq")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mirror_takes_numbers_in_order_once_and_asks_for_what_it_missed() {
+        let mut rooms = Rooms::new(RoomsConfig::default());
+        let conn = attach_new(&mut rooms, "m-1", 3, &[4, 5]);
+        assert_eq!(written(&mut rooms, conn), [3, 4, 5], "welcome (seq 3), then the backlog");
+        assert!(matches!(rooms.push_remote("m-1", 5, frame(5)), Remote::Stale));
+        assert!(matches!(rooms.push_remote("m-1", 7, frame(7)), Remote::Gap { next: 6 }));
+        assert!(matches!(rooms.push_remote("m-1", 6, frame(6)), Remote::Taken));
+        assert!(matches!(rooms.push_remote("m-1", 7, frame(7)), Remote::Taken));
+        assert!(matches!(rooms.push_remote("nobody", 1, frame(1)), Remote::Absent));
+        assert_eq!(written(&mut rooms, conn), [6, 7]);
+        let stats = rooms.stats();
+        assert_eq!((stats.rooms, stats.members), (1, 1));
+    }
+
+    #[test]
+    fn a_mirror_goes_quietly_and_reports_what_was_surely_written() {
+        let mut rooms = Rooms::new(RoomsConfig::default());
+        let conn = attach_new(&mut rooms, "m-1", 0, &[]);
+        let other = attach_new(&mut rooms, "m-2", 0, &[]);
+        written(&mut rooms, other);
+        for seq in 1..=3 {
+            assert!(matches!(rooms.push_remote("m-1", seq, frame(seq)), Remote::Taken));
+        }
+        // The writer took 1..3 (and the welcome) but its write failed from seq 2 on.
+        let outbound = rooms.take_outbound(conn, Instant::now());
+        let failed_from = outbound.journal_from.map(|first| first + 1);
+        let detached = rooms.disconnect_mirrored(conn, failed_from).expect("it served m-1");
+        assert_eq!((detached.id.as_str(), detached.written), ("m-1", 1));
+        // Nobody else heard of it: Redis decides who left.
+        assert!(written(&mut rooms, other).is_empty());
+        assert!(matches!(rooms.push_remote("m-1", 4, frame(4)), Remote::Absent));
+        assert_eq!(rooms.stats().members, 1);
+    }
+
+    #[test]
+    fn a_member_resumed_elsewhere_is_closed_here_with_4000_only_on_its_old_connection() {
+        let mut rooms = Rooms::new(RoomsConfig::default());
+        let conn = attach_new(&mut rooms, "m-1", 0, &[]);
+        rooms.kick("m-1", |c| c != conn);
+        assert!(rooms.close_requested(conn).is_none(), "another connection's kick changes nothing");
+        rooms.kick("m-1", |c| c == conn);
+        assert_eq!(rooms.close_requested(conn).map(|c| c.code), Some(close_code::REPLACED));
+        assert_eq!(rooms.stats().members, 0);
+        assert!(rooms.disconnect_mirrored(conn, None).is_none(), "Redis already moved it");
+    }
+}
