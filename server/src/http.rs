@@ -101,9 +101,11 @@ async fn websocket(
     }
     let limit = shared.config.max_frame_bytes;
     upgrade
-        // Sized for idle connections, not throughput: signaling frames are small, and the
-        // buffers are per connection.
-        .read_buffer_size(4 * 1024)
+        // Sized for idle connections, not throughput: every connection holds this much while it
+        // waits (4 KiB was 40 % of an idle connection's bytes), and `ReadAhead` already takes
+        // whole batches from the kernel, so a small read costs no syscall. A frame larger than
+        // this grows the buffer once to the frame's size (docs/benchmarks.md, idle connections).
+        .read_buffer_size(256)
         // Frames are buffered until this much is queued or the writer flushes, so that a batch
         // of queued frames goes out in one write(2). (0 would write every frame on its own and
         // cost a syscall per frame.) The buffer only grows to what is actually queued.

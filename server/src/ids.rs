@@ -69,9 +69,29 @@ impl Default for IdSource {
     }
 }
 
-/// A fresh resume token: 128 bits from the thread's CSPRNG, as 32 hex digits.
-pub fn resume_token() -> String {
-    format!("{:032x}", rand::rng().random::<u128>())
+/// A resume token: 128 bits from the thread's CSPRNG, written as 32 lowercase hex digits. Kept
+/// as a number, not a string: every member holds one and the rooms index them (an idle
+/// connection's bytes count, docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResumeToken(u128);
+
+impl ResumeToken {
+    pub fn fresh() -> Self {
+        Self(rand::rng().random())
+    }
+
+    /// The token `text` names, if it is one this server could have issued (exactly 32 lowercase
+    /// hex digits, as [`fmt::Display`] writes them).
+    pub fn parse(text: &str) -> Option<Self> {
+        let well_formed = text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        well_formed.then(|| u128::from_str_radix(text, 16).ok().map(Self)).flatten()
+    }
+}
+
+impl fmt::Display for ResumeToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
 }
 
 #[cfg(test)]
@@ -92,9 +112,14 @@ mod tests {
 
     #[test]
     fn resume_tokens_carry_128_bits() {
-        let token = resume_token();
-        assert_eq!(token.len(), 32);
-        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(token, resume_token());
+        let token = ResumeToken::fresh();
+        let text = token.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(ResumeToken::parse(&text), Some(token));
+        assert_ne!(token, ResumeToken::fresh());
+        for other in [&text.to_uppercase(), &text[1..], "", &format!("{text}0"), &format!("+{}", &text[1..])]
+        {
+            assert_eq!(ResumeToken::parse(other), None, "{other}");
+        }
     }
 }

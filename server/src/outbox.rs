@@ -161,7 +161,9 @@ impl Outbox {
     pub fn take_all(&mut self, out: &mut Vec<Frame>, usage: &mut QueuedBytes) -> usize {
         let taken = std::mem::take(&mut self.bytes);
         usage.sub(taken);
-        out.extend(self.frames.drain(..));
+        // The queue itself goes too: it holds a `welcome` and a few errors once, and an idle
+        // connection should not keep their slots (docs/benchmarks.md, idle connections).
+        out.extend(std::mem::take(&mut self.frames));
         taken
     }
 

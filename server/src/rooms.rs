@@ -30,7 +30,7 @@ pub use self::journal::Journal;
 pub use self::mirror::{Attach, Detached, Mirrored, Remote};
 use crate::admission::Ticket;
 use crate::budget::SharedBudget;
-use crate::ids::{IdSource, PeerId, resume_token};
+use crate::ids::{IdSource, PeerId, ResumeToken};
 use crate::outbox::{Bound, Frame, OpenFrame, Outbox, Overflow, QueuedBytes, cost};
 use crate::refusal::Refusal;
 use crate::turn::TurnConfig;
@@ -180,7 +180,7 @@ struct Conn {
 struct Member {
     name: String,
     room: RoomName,
-    resume_token: String,
+    resume_token: ResumeToken,
     link: Link,
     /// Limits that outlive a connection (see [`Rooms::hold_ticket`], [`Rooms::share_budget`]).
     held: Held,
@@ -272,7 +272,7 @@ pub struct Rooms {
     members: FastMap<PeerId, Member>,
     rooms: HashMap<RoomName, Room>,
     /// Live resume tokens; each is removed when used, so it works once.
-    resume_tokens: HashMap<String, PeerId>,
+    resume_tokens: HashMap<ResumeToken, PeerId>,
     /// Members whose end was decided while delivering; ended by `settle`, so that ending one
     /// (which notifies others) never recurses.
     ending: Vec<PeerId>,
@@ -383,7 +383,7 @@ impl Rooms {
     /// The member a `resume` token refers to, if it is live and for the requested room. An
     /// unknown or expired token is not an error: the join proceeds as a fresh one.
     fn resumable(&self, request: &JoinRequest) -> Option<PeerId> {
-        let id = self.resume_tokens.get(request.resume.as_deref()?)?;
+        let id = self.resume_tokens.get(&ResumeToken::parse(request.resume.as_deref()?)?)?;
         let member = self.members.get(id)?;
         (member.room == request.room).then(|| id.clone())
     }
@@ -406,7 +406,7 @@ impl Rooms {
         }
         let id = self.wide.ids.next_id();
         let name = request.name.map_or_else(|| id.to_string(), |name| name.as_str().to_owned());
-        let token = resume_token();
+        let token = ResumeToken::fresh();
         let others = self.rooms.get(&request.room).map(|r| r.members.clone()).unwrap_or_default();
         let peers = self.peer_list(&others);
         let announcement = OpenFrame::from_object(
@@ -417,20 +417,20 @@ impl Rooms {
             .to_json(),
         );
         self.rooms.entry(request.room.clone()).or_default().members.push(id.clone());
-        self.resume_tokens.insert(token.clone(), id.clone());
+        self.resume_tokens.insert(token, id.clone());
         self.members.insert(
             id.clone(),
             Member {
                 name,
                 room: request.room.clone(),
-                resume_token: token.clone(),
+                resume_token: token,
                 link: Link::Connected(conn),
                 held: Held::default(),
                 journal: Journal::default(),
                 trim_due: false,
             },
         );
-        let welcome = self.welcome(&id, &request.room, peers, token, false, 0);
+        let welcome = self.welcome(&id, &request.room, peers, token.to_string(), false, 0);
         self.link_connection(conn, &id, welcome);
         for other in &others {
             self.deliver(other, Outgoing::Numbered(announcement.clone()), now);
@@ -444,9 +444,9 @@ impl Rooms {
     fn resume(&mut self, conn: ConnId, id: &PeerId, last_seq: Option<u64>) -> Option<Joined> {
         let member = self.members.get_mut(id)?;
         let welcome_seq = member.journal.resume(last_seq).ok()?;
-        let token = resume_token();
+        let token = ResumeToken::fresh();
         self.resume_tokens.remove(&member.resume_token);
-        member.resume_token = token.clone();
+        member.resume_token = token;
         // The new connection counts against the caps now.
         member.held.ticket = None;
         let room = member.room.clone();
@@ -457,14 +457,14 @@ impl Rooms {
             }
             member.link = Link::Connected(conn);
         }
-        self.resume_tokens.insert(token.clone(), id.clone());
+        self.resume_tokens.insert(token, id.clone());
         let others: Vec<PeerId> = self
             .rooms
             .get(&room)
             .map(|r| r.members.iter().filter(|m| *m != id).cloned().collect())
             .unwrap_or_default();
         let peers = self.peer_list(&others);
-        let welcome = self.welcome(id, &room, peers, token, true, welcome_seq);
+        let welcome = self.welcome(id, &room, peers, token.to_string(), true, welcome_seq);
         // The welcome goes first (the connection's own queue is written before the journal),
         // then every pending message, in order.
         self.link_connection(conn, id, welcome);

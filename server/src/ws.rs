@@ -25,21 +25,56 @@ use crate::rooms::{CloseRequest, JoinRequest, Rooms};
 use crate::shards::Placement;
 use crate::state::Shared;
 
+/// A relayed signal: these around the sender's id, then the signal's text, then its number.
+const SIGNAL_FROM: &str = r#"{"type":"signal","from":""#;
+const SIGNAL_BODY: &str = r#"","signal":"#;
+const SIGNAL_HEAD_LEN: usize = SIGNAL_FROM.len() + SIGNAL_BODY.len();
+
+/// Writes `{"type":"signal","from":"<id>","signal":` for the sender `from`. Ids are made of
+/// letters, digits and '-' (ids.rs) and go into the JSON as they are; one read back from shared
+/// state that is not (only if that state was tampered with) is escaped.
+fn push_signal_head(push: &mut dyn FnMut(&str), from: &PeerId) {
+    let id = from.as_str();
+    if id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        push(SIGNAL_FROM);
+        push(id);
+        push(SIGNAL_BODY);
+    } else {
+        push(r#"{"type":"signal","from":"#);
+        push(&serde_json::to_string(id).unwrap_or_default());
+        push(r#","signal":"#);
+    }
+}
+
 /// How long the writer may take to deliver a close frame before the socket is dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one upgraded connection until it ends, whichever side ends it.
-pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
+///
+/// Not an `async fn`: the socket is split here, before the future exists, so that the future
+/// holds only the two small halves. (An `async fn` keeps its arguments in the future for its
+/// whole life: the 368-byte `WebSocket`, twice with the inner block, in every idle connection.)
+pub fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) -> impl Future<Output = ()> + Send {
     let wake = Arc::new(Notify::new());
     let place = shared.rooms.connect(Arc::clone(&wake));
     shared.rooms.lock(&place).hold_ticket(place.conn(), ticket);
     let span = tracing::info_span!("conn", conn = %place.conn());
-    async move {
+    let (sink, stream) = socket.split();
+    serve_split(sink, stream, shared, place, wake).instrument(span)
+}
+
+async fn serve_split(
+    sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    shared: Arc<Shared>,
+    place: Placement,
+    wake: Arc<Notify>,
+) {
+    {
         let place = &place;
         // Whatever path ends this function, the connection's membership is suspended (or
         // dropped, if it never joined) exactly once.
         let mut membership = DisconnectOnDrop { shared: &shared, place, unwritten_from: None };
-        let (sink, mut stream) = socket.split();
         let unconfirmed = Unconfirmed(AtomicU64::new(Unconfirmed::NONE));
         let ended = {
             let reader = Reader::new(&shared, place).run(&mut stream);
@@ -70,8 +105,6 @@ pub async fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) {
         }
         tracing::debug!("connection ended");
     }
-    .instrument(span)
-    .await;
 }
 
 fn is_leave(message: &Message) -> bool {
@@ -134,8 +167,8 @@ struct Reader<'a> {
     /// Every frame the client sends is charged here: the connection's own budget before it
     /// joins, its member's after (a resume goes on with the member's).
     budget: SharedBudget,
-    /// Set once joined: the member id, and the start of every signal frame it sends.
-    member: Option<(PeerId, String)>,
+    /// Set once joined: the member id.
+    member: Option<PeerId>,
     /// The member's room (with `--redis`, every signal names it to Redis).
     room: Option<RoomName>,
     joined_by: Instant,
@@ -259,7 +292,7 @@ impl<'a> Reader<'a> {
             }
             Ok(Request::Signal { to, signal }) => self.relay(&to, signal, now),
             Ok(Request::Leave) if self.shared.cluster.is_some() => {
-                if let (Some(cluster), Some((id, _)), Some(room)) =
+                if let (Some(cluster), Some(id), Some(room)) =
                     (&self.shared.cluster, &self.member, &self.room)
                 {
                     cluster.leave(self.shared, self.place, room, id).await;
@@ -311,11 +344,7 @@ impl<'a> Reader<'a> {
                 self.budget = rooms.share_budget(&joined.id, self.budget.clone());
                 drop(rooms);
                 tracing::info!(peer = %joined.id, room = %joined.room, resumed = joined.resumed, "joined");
-                let from = serde_json::to_string(joined.id.as_str()).unwrap_or_default();
-                // A relayed signal is this prefix, the sender's signal text, then its number
-                // (stamped under the rooms lock, where the recipient's next seq is known).
-                let prefix = format!(r#"{{"type":"signal","from":{from},"signal":"#);
-                self.member = Some((joined.id, prefix));
+                self.member = Some(joined.id);
             }
             Err(refusal) => {
                 drop(rooms);
@@ -346,9 +375,7 @@ impl<'a> Reader<'a> {
             Ok(joined) => {
                 self.budget = self.rooms().share_budget(&joined.id, self.budget.clone());
                 tracing::info!(peer = %joined.id, room = %joined.room, resumed = joined.resumed, "joined");
-                let from = serde_json::to_string(joined.id.as_str()).unwrap_or_default();
-                let prefix = format!(r#"{{"type":"signal","from":{from},"signal":"#);
-                self.member = Some((joined.id, prefix));
+                self.member = Some(joined.id);
                 self.room = Some(joined.room);
                 None
             }
@@ -365,17 +392,15 @@ impl<'a> Reader<'a> {
 
     /// A signal with `--redis`: numbered and kept by Redis, delivered by the recipient's instance.
     async fn relay_cluster(&mut self, to: &str, signal: &str) {
-        let (Some(cluster), Some((from, prefix)), Some(room)) =
-            (&self.shared.cluster, &self.member, &self.room)
-        else {
+        let (Some(cluster), Some(from), Some(room)) = (&self.shared.cluster, &self.member, &self.room) else {
             self.refuse(
                 Refusal::new(ErrorCode::NotJoined, "join a room before sending signals")
                     .about_signal_to(Some(to)),
             );
             return;
         };
-        let mut open = String::with_capacity(prefix.len() + signal.len());
-        open.push_str(prefix);
+        let mut open = String::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
+        push_signal_head(&mut |text| open.push_str(text), from);
         open.push_str(signal);
         if let Err(refusal) = cluster.relay(self.place.conn(), room, from, to, open).await {
             self.refuse(refusal);
@@ -383,15 +408,17 @@ impl<'a> Reader<'a> {
     }
 
     fn relay(&mut self, to: &str, signal: &str, now: Instant) {
-        let Some((from, prefix)) = &self.member else {
+        let Some(from) = &self.member else {
             self.refuse(
                 Refusal::new(ErrorCode::NotJoined, "join a room before sending signals")
                     .about_signal_to(Some(to)),
             );
             return;
         };
-        let mut frame = OpenFrame::with_capacity(prefix.len() + signal.len());
-        frame.push_str(prefix);
+        // The sender's id, then its signal's text; the number is stamped under the shard's lock,
+        // where the recipient's next seq is known.
+        let mut frame = OpenFrame::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
+        push_signal_head(&mut |text| frame.push_str(text), from);
         frame.push_str(signal);
         let result = self.rooms().relay(self.place.conn(), from, to, frame, now);
         if let Err(refusal) = result {

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, oneshot};
 
 pub use self::background::start;
 use self::scripts::{Scripts, list, number, pairs, text};
-use crate::ids::{IdSource, PeerId, resume_token};
+use crate::ids::{IdSource, PeerId, ResumeToken};
 use crate::outbox::Frame;
 use crate::refusal::Refusal;
 use crate::rooms::{Attach, CloseRequest, ConnId, Detached, JoinRequest, Joined};
@@ -186,7 +186,7 @@ impl Cluster {
         }
         let id = self.ids.next_id();
         let name = request.name.as_ref().map_or_else(|| id.to_string(), |name| name.as_str().to_owned());
-        let token = resume_token();
+        let token = ResumeToken::fresh().to_string();
         let mut announcement = ServerMessage::PeerJoined {
             peer: PeerInfo { id: id.to_string(), name: name.clone() },
             seq: None,
@@ -239,7 +239,7 @@ impl Cluster {
         token: &str,
         session: &str,
     ) -> anyhow::Result<Option<Attach>> {
-        let new_token = resume_token();
+        let new_token = ResumeToken::fresh().to_string();
         let reply: redis::Value = self
             .scripts
             .resume

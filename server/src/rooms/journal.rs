@@ -203,6 +203,10 @@ impl Journal {
             usage.sub(size);
             self.front += 1;
         }
+        // A member that went quiet keeps no slots: what a long-idle connection holds counts.
+        if self.entries.is_empty() {
+            self.entries = VecDeque::new();
+        }
     }
 
     /// Position up to which entries have been handed to a writer.

@@ -99,7 +99,8 @@ impl Rooms {
             Member {
                 name: String::new(),
                 room: room.clone(),
-                resume_token: String::new(),
+                // Redis keeps a mirrored member's token; this one is in no index.
+                resume_token: ResumeToken::fresh(),
                 link: Link::Connected(conn),
                 held: Held::default(),
                 journal,
