@@ -209,6 +209,7 @@ try:
             "paced_rate": rate,
             "p50_ms": latency["latency"]["p50_ms"],
             "p99_ms": latency["latency"]["p99_ms"],
+            "max_ms": max(latency["latency"]["max_ms"], throughput["latency"]["max_ms"]),
         }
         print(f"bench: {name}: {results[name]}", file=sys.stderr)
         for p, _ in procs:

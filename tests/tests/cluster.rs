@@ -328,8 +328,14 @@ fn an_instance_survives_redis_stopping_and_recovers_when_it_returns() {
         assert_eq!(ana.ended(WAIT).await, Ended::Closed(Some(1012)));
         eve.send(json!({"type": "join", "room": "y", "name": "eve"})).await;
         assert_eq!(eve.expect("welcome").await["resumed"], false);
-        let (_ana, again) = Client::join(&a, "x", "ana").await;
+        let (mut ana, again) = Client::join(&a, "x", "ana").await;
         assert_eq!(again["resumed"], false);
+        // Signals flow again (the restarted Redis had to be given the scripts again).
+        let (mut bob, bob_again) = Client::join(&a, "x", "bob").await;
+        ana.expect("peer_joined").await;
+        bob.send(signal_to(&again["id"], 2)).await;
+        let signal = ana.expect("signal").await;
+        assert_eq!((signal["from"].clone(), number_of(&signal)), (bob_again["id"].clone(), 2));
     });
 }
 

@@ -30,6 +30,10 @@ pub fn start(shared: &Arc<Shared>, cluster: &Arc<Cluster>) {
     shared.tasks.spawn(keep(Arc::clone(shared), Arc::clone(cluster)));
     shared.tasks.spawn(listen(Arc::clone(shared), Arc::clone(cluster)));
     shared.tasks.spawn(catch_up(Arc::clone(shared), Arc::clone(cluster)));
+    let relay_queue = cluster.relay_queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if let Some(relay_queue) = relay_queue {
+        shared.tasks.spawn(super::pipeline::run(Arc::clone(shared), Arc::clone(cluster), relay_queue));
+    }
 }
 
 /// Heartbeat and sweep, every [`super::BEAT_INTERVAL`]. After an outage (Redis unreachable, or
@@ -207,9 +211,19 @@ async fn catch_up(shared: Arc<Shared>, cluster: Arc<Cluster>) {
         } else {
             members.into_iter().collect()
         };
+        let mut failed = false;
         for (id, room) in members {
             if let Err(error) = catch_up_member(&shared, &cluster, &room, &id).await {
-                tracing::warn!(%error, peer = %id, "could not read the member's messages back from Redis");
+                tracing::warn!(%error, peer = %id, "could not read the member's messages back from Redis; trying again");
+                cluster.request_catch_up(&id, &room);
+                failed = true;
+            }
+        }
+        if failed {
+            // Redis is slow or away: try again a little later (the wake-up is already stored).
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                () = tokio::time::sleep(RESUBSCRIBE_DELAY) => {}
             }
         }
     }

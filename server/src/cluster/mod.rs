@@ -15,6 +15,7 @@
 //! Without `--redis` none of this exists and nothing goes through Redis.
 
 mod background;
+mod pipeline;
 mod scripts;
 
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use protocol::{ErrorCode, PeerInfo, RoomName, ServerMessage, close_code};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use self::background::start;
 use self::scripts::{Scripts, list, number, pairs, text};
@@ -57,6 +58,9 @@ pub struct Cluster {
     /// Members whose stream must be read from the number they expect (a publish was missed).
     catch_up: Mutex<CatchUp>,
     catch_up_wake: Notify,
+    /// Signals on their way into a pipeline (`pipeline.rs`); the receiver goes to its task.
+    relays: mpsc::Sender<pipeline::RelayJob>,
+    relay_queue: Mutex<Option<mpsc::Receiver<pipeline::RelayJob>>>,
 }
 
 #[derive(Default)]
@@ -92,6 +96,7 @@ impl Cluster {
             .set_max_delay(Duration::from_millis(500));
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let ids = IdSource::with_random_part(12);
+        let (relays, relay_queue) = pipeline::channel();
         let instance = ids.next_id().as_str().trim_end_matches("-1").to_owned();
         Ok(Arc::new(Self {
             instance,
@@ -105,6 +110,8 @@ impl Cluster {
             grace,
             catch_up: Mutex::new(CatchUp::default()),
             catch_up_wake: Notify::new(),
+            relays,
+            relay_queue: Mutex::new(Some(relay_queue)),
         }))
     }
 
@@ -286,16 +293,13 @@ impl Cluster {
         to: &str,
         open: String,
     ) -> Result<(), Refusal> {
-        let result: Result<i64, _> = self
-            .scripts
-            .relay
-            .arg(room.as_str())
-            .arg(from.as_str())
-            .arg(self.session(conn))
-            .arg(to)
-            .arg(open)
-            .invoke_async(&mut self.redis.clone())
-            .await;
+        let (answer, answered) = oneshot::channel();
+        let args =
+            [room.as_str().to_owned(), from.as_str().to_owned(), self.session(conn), to.to_owned(), open];
+        let result = match self.relays.try_send(pipeline::RelayJob { args, answer }) {
+            Ok(()) => answered.await.unwrap_or_else(|_| Err("relay pipeline stopped".into())),
+            Err(_) => Err(format!("more than {} signals waiting for Redis", pipeline::QUEUE)),
+        };
         match result {
             Ok(seq) if seq > 0 => {
                 self.relayed.fetch_add(1, Ordering::Relaxed);
