@@ -130,6 +130,22 @@ fn make_ivf(dir: &Scratch, width: u32, height: u32, seconds: u32) -> PathBuf {
     path
 }
 
+/// A 320×240 VP8 IVF test pattern, `seconds` long at 30 fps, whose only keyframe is its first
+/// frame.
+fn make_ivf_with_one_keyframe(dir: &Scratch, seconds: u32) -> PathBuf {
+    let path = dir.join("one-keyframe.ivf");
+    let seconds = seconds.to_string();
+    let out = path.to_str().unwrap_or_default();
+    let args = ["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=30", "-t", &seconds];
+    run(
+        "ffmpeg",
+        &[&args[..], &["-c:v", "libvpx", "-g", "100000", "-b:v", "100k", "-f", "ivf", out]].concat(),
+    );
+    let keyframes = run("ffprobe", &["-v", "error", "-show_entries", "packet=flags", "-of", "csv=p=0", out]);
+    assert_eq!(keyframes.lines().filter(|l| l.starts_with('K')).count(), 1, "one keyframe in {out}");
+    path
+}
+
 /// An Opus tone in Ogg, `seconds` long.
 fn make_ogg(dir: &Scratch, seconds: u32) -> PathBuf {
     let path = dir.join("tone.ogg");
@@ -444,6 +460,70 @@ RTCPeerConnection.prototype.setRemoteDescription = async function (description) 
     window.__crossing.state = this.signalingState;
     const result = await apply.call(this, description);
     window.__crossing.done = true;
+    return result;
+  }
+  return apply.call(this, description);
+};
+return true;
+"##;
+
+/// A page joins a Rust peer that plays a file with a single keyframe (at its start). The page's
+/// first offer has no video, so the Rust peer's track is accepted by a renegotiation after the
+/// connection is up; [`HOLD_VIDEO_OFFER`] holds that offer half a second more, so the player has
+/// moved into the file by then. The player used to send on from wherever it was: P-frames the
+/// page cannot decode, until the file looped (60 s here). Now it starts at the keyframe before.
+///
+/// In Chromium. Firefox misses that first keyframe anyway here (its receiver is not ready for the
+/// first packets) and waits on its keyframe requests, which the player does not act on yet.
+#[test]
+fn rust_peer_video_accepted_in_a_later_renegotiation_starts_at_a_keyframe() {
+    isolated(|| video_accepted_later_starts_at_a_keyframe(BrowserKind::Chromium));
+}
+
+async fn video_accepted_later_starts_at_a_keyframe(kind: BrowserKind) {
+    let server = start_server_with_page(&[]).await;
+    let dir = Scratch::new("media", "keyframe");
+    let video = make_ivf_with_one_keyframe(&dir, 60);
+    let mut rusty = Peer::spawn(
+        &server,
+        &["--room", "late", "--name", "rusty", "--send-video", video.to_str().unwrap_or_default()],
+    )
+    .await;
+    let rusty_id = rusty.joined().await;
+    let page = Browser::start_kind(kind, "page").await;
+    page.open(&format!("{}/", server.http_url())).await;
+    page.wait_for_css("the join form", "#room").await;
+    page.eval(HOLD_VIDEO_OFFER).await;
+    page.type_into("#room", "late").await;
+    page.type_into("#name", "page").await;
+    page.click("#join").await;
+    let page_id = page.self_id().await;
+    let held = page
+        .wait_until("the Rust peer's video offer applied", "return window.__held?.done && window.__held;")
+        .await;
+    assert_eq!(held["state"], "connected", "the video offer was applied after the connection was up: {held}");
+    wait_video_plays(&page, &rusty_id, Some((320, 240))).await;
+    chat_round_trip(&page, &page_id, &mut rusty, &rusty_id, "after the late video").await;
+    assert_negotiations_applied(&page, "page");
+    page.close().await;
+}
+
+/// Run in the page before it joins: the first remote offer with a video section is applied only
+/// once the connection is `connected` (at most 10 s) and 500 ms more; `window.__held` says when.
+const HOLD_VIDEO_OFFER: &str = r##"
+const apply = RTCPeerConnection.prototype.setRemoteDescription;
+window.__held = { done: false };
+RTCPeerConnection.prototype.setRemoteDescription = async function (description) {
+  if (description?.type === "offer" && /\nm=video /.test(description.sdp) && !window.__held.held) {
+    window.__held.held = true;
+    const started = performance.now();
+    while (this.connectionState !== "connected" && performance.now() - started < 10000) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    window.__held.state = this.connectionState;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const result = await apply.call(this, description);
+    window.__held.done = true;
     return result;
   }
   return apply.call(this, description);

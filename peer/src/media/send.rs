@@ -2,9 +2,10 @@
 //!
 //! Every link gets its own track and its own player, started from the file's first frame once
 //! the connection is up: a peer that joins later gets the file from its start (a keyframe), and
-//! a slow link never holds up the others.
+//! a slow link never holds up the others. Whenever sending starts (the remote accepted the track,
+//! maybe in a later renegotiation) or starts again, it starts at a keyframe.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::peer_connection::PeerConnection;
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RtpSender};
 
 use super::receive::negotiated_payload_type;
 use super::{AudioFile, Kind, LinkMedia, VideoFile, codec};
@@ -26,6 +27,8 @@ use super::{AudioFile, Kind, LinkMedia, VideoFile, codec};
 /// How far behind its schedule a player may fall (a busy machine) before it skips ahead
 /// instead of sending a burst.
 const MAX_LAG: Duration = Duration::from_secs(1);
+/// How often a player that sends looks again whether the remote still takes its track.
+const ACCEPTED_RECHECK: Duration = Duration::from_secs(1);
 
 /// What to play.
 pub(super) enum Source {
@@ -47,6 +50,20 @@ impl Source {
             Source::Audio(a) => &a.packets,
         }
     }
+
+    /// Where sending may start at or before frame `at`: the keyframe before it for VP8 (a
+    /// decoder needs one first), `at` itself for Opus (every packet decodes on its own).
+    fn start_at_or_before(&self, at: usize) -> usize {
+        match self {
+            Source::Video(v) => (0..=at).rev().find(|&i| is_vp8_keyframe(&v.frames[i].0)).unwrap_or(0),
+            Source::Audio(_) => at,
+        }
+    }
+}
+
+/// A VP8 frame's first byte has the "not a keyframe" flag in its lowest bit (RFC 6386, 9.1).
+fn is_vp8_keyframe(frame: &[u8]) -> bool {
+    frame.first().is_some_and(|b| b & 0x01 == 0)
 }
 
 /// Adds a track for `source` to the connection (before its first offer or answer, so that it
@@ -82,19 +99,38 @@ pub(super) async fn add(link: &LinkMedia, pc: &Arc<dyn PeerConnection>, tasks: &
             return;
         }
     };
-    let player = Player { track, sender, ssrc, mime, remote: link.remote.clone() };
+    let player = Player { track, sender, pc: Arc::downgrade(pc), ssrc, mime, remote: link.remote.clone() };
     tasks.spawn(player.play(source, link.connected.subscribe(), link.stop.clone()));
 }
 
 struct Player {
     track: Arc<TrackLocalStaticSample>,
     sender: Arc<dyn RtpSender>,
+    /// Weak: the connection holds the task's link, and the task must not keep it alive.
+    pc: Weak<dyn PeerConnection>,
     ssrc: u32,
     mime: String,
     remote: String,
 }
 
 impl Player {
+    /// True once a negotiation has settled that our track is sent (its transceiver's current
+    /// direction is `sendrecv` or `sendonly`).
+    async fn accepted(&self) -> bool {
+        let Some(pc) = self.pc.upgrade() else { return false };
+        for transceiver in pc.get_transceivers().await {
+            let ours =
+                matches!(transceiver.sender().await, Ok(Some(sender)) if sender.id() == self.sender.id());
+            if ours {
+                return matches!(
+                    transceiver.current_direction().await,
+                    Ok(RTCRtpTransceiverDirection::Sendrecv | RTCRtpTransceiverDirection::Sendonly)
+                );
+            }
+        }
+        false
+    }
+
     /// Waits for the connection, then plays the frames at their pace, in a loop, until stopped.
     async fn play(self, source: Source, mut connected: watch::Receiver<bool>, stop: CancellationToken) {
         tokio::select! {
@@ -102,35 +138,54 @@ impl Player {
             _ = stop.cancelled() => return,
         }
         let frames = source.frames();
-        let mut payload_type = None;
+        if frames.is_empty() {
+            return;
+        }
+        let mut at = 0;
+        let mut sending: Option<u8> = None; // the payload type, while the remote takes the track
+        let mut next_check = Instant::now();
         let mut due = Instant::now();
         loop {
-            for (data, duration) in frames {
-                if payload_type.is_none() {
-                    // None until the remote accepted the track (a peer that takes no media
-                    // never does): the player keeps its pace and sends nothing.
-                    payload_type = negotiated_payload_type(&self.sender, &self.mime).await;
-                }
-                if let Some(pt) = payload_type {
-                    let sample = Sample {
-                        data: data.clone(),
-                        duration: *duration,
-                        ..Sample::new(std::time::Instant::now())
-                    };
-                    if let Err(e) = self.track.write_sample(self.ssrc, pt, &sample, &[]).await {
-                        tracing::trace!(peer = %self.remote, "frame not sent: {e}");
-                        payload_type = None;
+            // webrtc-rs binds the track when it is added and takes every write, but drops the
+            // packets until the remote accepted the track (a peer that takes no media never
+            // does): until then the player keeps its pace and sends nothing. When sending starts
+            // (or starts again) it goes back to the keyframe before: a track accepted by a
+            // renegotiation comes in anywhere into the file, and frames sent from there would
+            // not decode until the file's next keyframe (seconds, or the whole loop for a file
+            // with one keyframe). Looked at on every frame until sending, then every
+            // ACCEPTED_RECHECK.
+            if sending.is_none() || Instant::now() >= next_check {
+                next_check = Instant::now() + ACCEPTED_RECHECK;
+                if !self.accepted().await {
+                    sending = None;
+                } else if sending.is_none() {
+                    sending = negotiated_payload_type(&self.sender, &self.mime).await;
+                    if sending.is_some() {
+                        at = source.start_at_or_before(at);
                     }
                 }
-                due += *duration;
-                let now = Instant::now();
-                if now > due + MAX_LAG {
-                    due = now;
+            }
+            let (data, duration) = &frames[at];
+            if let Some(pt) = sending {
+                let sample = Sample {
+                    data: data.clone(),
+                    duration: *duration,
+                    ..Sample::new(std::time::Instant::now())
+                };
+                if let Err(e) = self.track.write_sample(self.ssrc, pt, &sample, &[]).await {
+                    tracing::trace!(peer = %self.remote, "frame not sent: {e}");
+                    sending = None;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due) => {}
-                    _ = stop.cancelled() => return,
-                }
+            }
+            at = (at + 1) % frames.len();
+            due += *duration;
+            let now = Instant::now();
+            if now > due + MAX_LAG {
+                due = now;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = stop.cancelled() => return,
             }
         }
     }
