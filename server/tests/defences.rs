@@ -206,7 +206,13 @@ fn minting_a_token_without_a_secret_exits_2() {
 
 #[test]
 fn bad_flags_exit_2_with_a_message() {
-    for args in [&["--room-size", "many"][..], &["--ping-interval", "soon"], &["--no-such-flag"]] {
+    let flags = [
+        &["--room-size", "many"][..],
+        &["--ping-interval", "soon"],
+        &["--no-such-flag"],
+        &["--redis", "not a url"],
+    ];
+    for args in flags {
         let output = Command::new(env!("CARGO_BIN_EXE_server")).args(args).output().expect("runs");
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(!output.stderr.is_empty());
