@@ -11,6 +11,7 @@
 //! rejects every media section a remote offers and chat goes on (the page copes with that).
 
 pub mod ivf;
+mod keyframes;
 mod naming;
 pub mod ogg;
 mod receive;
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
@@ -168,8 +169,8 @@ pub fn codec(kind: Kind) -> RTCRtpCodec {
     }
 }
 
-/// The codecs every client offers (PROTOCOL.md): VP8 and Opus, with NACK (both ways) and RTCP
-/// reports.
+/// The codecs every client offers (PROTOCOL.md): VP8 and Opus, with NACK (both ways), RTCP
+/// reports, and keyframe requests handed to our tracks ([`keyframes`]).
 ///
 /// No RTP header extension is registered (webrtc-rs's defaults add `sdes:mid`, the RID ones and
 /// transport-wide CC): webrtc-rs 0.21 numbers them its own way again in every offer it makes,
@@ -183,7 +184,8 @@ pub fn media_engine() -> webrtc::error::Result<(MediaEngine, Registry)> {
     {
         engine.register_codec(RTCRtpCodecParameters { rtp_codec: codec(kind), payload_type }, rtp_kind)?;
     }
-    let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine));
+    let registry = configure_rtcp_reports(configure_nack(Registry::new(), &mut engine))
+        .with(Slot::from(keyframes::SLOT), keyframes::KeyframeRequests::default());
     Ok((engine, registry))
 }
 

@@ -17,7 +17,7 @@ use webrtc::rtp_transceiver::RtpSender;
 
 use super::ivf::{IvfWriter, Vp8Assembler};
 use super::ogg::OggOpusWriter;
-use super::{Kind, Media, MediaEvent, codec, naming};
+use super::{Kind, Media, MediaEvent, codec, keyframes, naming};
 use crate::link::lock;
 
 /// How often a video receiver that echoes asks the sender for a keyframe: the echo's own
@@ -144,8 +144,22 @@ pub(super) async fn serve(
     let mut assembler = Vp8Assembler::default();
     let mut last_ask = tokio::time::Instant::now();
     let mut echo_keyframes = tokio::time::interval(ECHO_KEYFRAME_INTERVAL);
+    // The echo's receiver asks us for keyframes: passed on to the sender (and drained, else
+    // webrtc-rs's queue of them fills and it logs every one it drops).
+    let echo_track = echo.as_ref().map(|e| e.track.clone());
+    let mut echo_listening = echo_track.is_some();
     loop {
         tokio::select! {
+            event = async { match &echo_track { Some(t) => t.poll().await, None => None } }, if echo_listening => match event {
+                Some(event) if kind == Kind::Video && keyframes::is_request(&event) => {
+                    if last_ask.elapsed() >= LOSS_KEYFRAME_GAP {
+                        last_ask = tokio::time::Instant::now();
+                        ask_keyframe().await;
+                    }
+                }
+                Some(_) => {}
+                None => echo_listening = false,
+            },
             _ = stop.cancelled() => break,
             event = track.poll() => match event {
                 None | Some(TrackRemoteEvent::OnEnded) => break,

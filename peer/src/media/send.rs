@@ -22,13 +22,16 @@ use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RtpSender};
 
 use super::receive::negotiated_payload_type;
-use super::{AudioFile, Kind, LinkMedia, VideoFile, codec};
+use super::{AudioFile, Kind, LinkMedia, VideoFile, codec, keyframes};
 
 /// How far behind its schedule a player may fall (a busy machine) before it skips ahead
 /// instead of sending a burst.
 const MAX_LAG: Duration = Duration::from_secs(1);
 /// How often a player that sends looks again whether the remote still takes its track.
 const ACCEPTED_RECHECK: Duration = Duration::from_secs(1);
+/// At most one restart at a keyframe per this long: a receiver repeats its request (Chromium
+/// every 200 ms) until a keyframe decodes.
+const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
 
 /// What to play.
 pub(super) enum Source {
@@ -145,6 +148,8 @@ impl Player {
         let mut sending: Option<u8> = None; // the payload type, while the remote takes the track
         let mut next_check = Instant::now();
         let mut due = Instant::now();
+        let mut listening = source.kind() == Kind::Video;
+        let mut last_request: Option<Instant> = None;
         loop {
             // webrtc-rs binds the track when it is added and takes every write, but drops the
             // packets until the remote accepted the track (a peer that takes no media never
@@ -183,9 +188,25 @@ impl Player {
             if now > due + MAX_LAG {
                 due = now;
             }
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                _ = stop.cancelled() => return,
+            // Until the next frame is due, listen for the remote's keyframe requests (a lost
+            // keyframe, a decoder that started late): go back to the keyframe before, at most
+            // once per KEYFRAME_REQUEST_GAP. Opus needs none.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => break,
+                    _ = stop.cancelled() => return,
+                    event = self.track.poll(), if listening => match event {
+                        Some(event) if keyframes::is_request(&event) => {
+                            if sending.is_some() && last_request.is_none_or(|t| t.elapsed() >= KEYFRAME_REQUEST_GAP) {
+                                last_request = Some(Instant::now());
+                                at = source.start_at_or_before(at);
+                            }
+                        }
+                        Some(_) => {}
+                        // Unbound (the link is closing): nothing more will come.
+                        None => listening = false,
+                    },
+                }
             }
         }
     }
