@@ -283,19 +283,21 @@ impl<'a> Reader<'a> {
             Ok(Request::Join { room, name, resume, token, last_seq }) => {
                 let request = JoinRequest { room, name, resume, last_seq };
                 if self.shared.cluster.is_some() {
-                    return self.join_cluster(request, token).await;
+                    // Boxed: the Redis round trips' state would otherwise sit in every
+                    // connection's future, with or without --redis (docs/benchmarks.md, idle).
+                    return Box::pin(self.join_cluster(request, token)).await;
                 }
                 return self.join(request, token, now);
             }
             Ok(Request::Signal { to, signal }) if self.shared.cluster.is_some() => {
-                self.relay_cluster(&to, signal).await;
+                Box::pin(self.relay_cluster(&to, signal)).await;
             }
             Ok(Request::Signal { to, signal }) => self.relay(&to, signal, now),
             Ok(Request::Leave) if self.shared.cluster.is_some() => {
                 if let (Some(cluster), Some(id), Some(room)) =
                     (&self.shared.cluster, &self.member, &self.room)
                 {
-                    cluster.leave(self.shared, self.place, room, id).await;
+                    Box::pin(cluster.leave(self.shared, self.place, room, id)).await;
                     return Some(ReadEnd::Closing);
                 }
                 self.refuse(Refusal::new(ErrorCode::NotJoined, "not in a room"));
