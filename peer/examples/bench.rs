@@ -6,7 +6,12 @@
 //!
 //! 1. Connect time: the real `server` and two real `peer --json` processes, 20 times; from the
 //!    second peer's `welcome` event to its `channel_open` event, as read from its stdout.
-//! 2. Throughput: two peer connections in this process, built exactly as the peer builds them
+//! 2. Mesh: 8 and then 16 real `peer --json` processes started at once in one room; the time
+//!    from the first start until every peer has reported `channel_open` for every other, then
+//!    the CPU time (utime + stime from /proc) all the peers use over 10 s of silence, as a
+//!    share of one core, in all and per connection (a peer connection object: a mesh of N
+//!    peers has N × (N - 1) of them).
+//! 3. Throughput: two peer connections in this process, built exactly as the peer builds them
 //!    (same settings, sockets and buffers), one ordered reliable channel, 64 MiB sent as
 //!    16 KiB and as 64 KiB binary messages; from the first send to the last byte received.
 //!
@@ -14,6 +19,8 @@
 //!
 //! ```text
 //! BENCH_THROUGHPUT=16,64      # only the throughput part, these message sizes in KiB
+//! BENCH_MESH=8,16             # only the mesh part, these mesh sizes
+//! BENCH_IDLE_SECS=10          # how long the mesh's idle CPU is measured
 //! BENCH_REPEAT=5              # runs per size (default 1)
 //! BENCH_SEND_BUFFER_LIMIT=N   # bytes; default transport::SEND_BUFFER_LIMIT, 0 = unbounded
 //! BENCH_SCTP_MTU=N            # bytes; default transport::SCTP_MTU
@@ -53,7 +60,24 @@ async fn main() -> Result<()> {
             .collect::<Result<Vec<_>, _>>()
             .context("BENCH_THROUGHPUT: message sizes in KiB, comma-separated")?,
         Err(_) => {
-            connect(&bin).await?;
+            let meshes = match std::env::var("BENCH_MESH") {
+                Ok(list) => list
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("BENCH_MESH: mesh sizes, comma-separated")?,
+                Err(_) => {
+                    connect(&bin).await?;
+                    vec![8, 16]
+                }
+            };
+            let idle = Duration::from_secs(env_usize("BENCH_IDLE_SECS")?.unwrap_or(10) as u64);
+            for n in &meshes {
+                mesh(&bin, *n, idle).await?;
+            }
+            if std::env::var("BENCH_MESH").is_ok() {
+                return Ok(());
+            }
             vec![16 * 1024, 64 * 1024]
         }
     };
@@ -132,7 +156,8 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn connect_times(bin: &std::path::Path) -> Result<Vec<Duration>> {
+/// The real server on a free loopback port, and its WebSocket URL.
+async fn start_server(bin: &std::path::Path) -> Result<(Child, String)> {
     let mut server = Command::new(bin.join("server"))
         .args(["--addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -147,6 +172,11 @@ async fn connect_times(bin: &std::path::Path) -> Result<Vec<Duration>> {
             break format!("ws://{rest}/ws");
         }
     };
+    Ok((server, url))
+}
+
+async fn connect_times(bin: &std::path::Path) -> Result<Vec<Duration>> {
+    let (_server, url) = start_server(bin).await?;
     let mut times = Vec::new();
     for run in 0..RUNS {
         let room = format!("bench{run}");
@@ -162,6 +192,77 @@ async fn connect_times(bin: &std::path::Path) -> Result<Vec<Duration>> {
         let _ = second.wait().await;
     }
     Ok(times)
+}
+
+/// Mesh-forming time and idle CPU of `n` peers in one room (see the top of this file).
+async fn mesh(bin: &std::path::Path, n: usize, idle: Duration) -> Result<()> {
+    let (_server, url) = start_server(bin).await?;
+    let room = format!("mesh{n}");
+    let start = Instant::now();
+    let mut peers = Vec::new();
+    let mut formed = Vec::new();
+    for _ in 0..n {
+        let (child, mut events) = spawn_peer(bin, &url, &room)?;
+        peers.push(child);
+        formed.push(tokio::spawn(async move {
+            for _ in 1..n {
+                wait_event(&mut events, "channel_open").await?;
+            }
+            // Keep reading, so that a peer never blocks on a full stdout pipe.
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+            Ok::<_, anyhow::Error>(Instant::now())
+        }));
+    }
+    let mut last = start;
+    for done in formed {
+        last = last.max(done.await??);
+    }
+    let pids = peers.iter().filter_map(Child::id).collect::<Vec<_>>();
+    // Let the last connects' work (and the pair watchers' first look) settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = cpu_ticks(&pids)?;
+    tokio::time::sleep(idle).await;
+    let after = cpu_ticks(&pids)?;
+    let core_pct = (after - before) as f64 / clock_ticks_per_second() / idle.as_secs_f64() * 100.0;
+    let connections = n * (n - 1);
+    println!(
+        "mesh: {n} peers formed in {:.0} ms; idle {core_pct:.2} % of a core in all, {:.4} % per connection ({connections} connections, {} s)",
+        ms(last - start),
+        core_pct / connections as f64,
+        idle.as_secs()
+    );
+    for mut peer in peers {
+        let _ = peer.start_kill();
+        let _ = peer.wait().await;
+    }
+    Ok(())
+}
+
+/// utime + stime of these processes (all their threads), in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // The command name may hold spaces; the fields after its closing parenthesis do not.
+        let fields = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        let fields = fields.split_whitespace().collect::<Vec<_>>();
+        // utime and stime are fields 14 and 15 of stat(5); here 0 is field 3 (state).
+        for i in [11, 12] {
+            total += fields.get(i).and_then(|f| f.parse::<u64>().ok()).context("bad /proc/PID/stat")?;
+        }
+    }
+    Ok(total)
+}
+
+/// `getconf CLK_TCK` (100 on every Linux this runs on, but asked rather than assumed).
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn spawn_peer(

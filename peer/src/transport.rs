@@ -63,18 +63,21 @@ pub fn default_bind(relay_only: bool) -> Vec<String> {
 /// the default fits (TURN, IPv6).
 pub const SCTP_MTU: u32 = 1052;
 
-/// The ICE agent's timer tick (`peer --ice-tick`): connectivity checks while connecting, STUN
-/// keepalives after.
+/// The ICE agent's connectivity-check interval while connecting (`peer --ice-tick`).
 ///
-/// webrtc-rs 0.21 acts on several connect steps only at the agent's next tick (200 ms by
-/// default): the first check after a remote candidate, the DTLS ClientHello, the SCTP INIT and
-/// the DCEP OPEN. So the tick sets the connect time, and it also sets the idle cost, because the
-/// keepalive runs at the same rate for the connection's whole life. Measured on the 2-core
-/// machine (release, loopback; docs/benchmarks.md "Idle CPU"): join → chat open p50 45 / 67 /
-/// 157 ms and idle CPU ~1.4 / 0.9 / 0.4 % of a core per connection with a 10 / 20 / 50 ms tick.
-/// 10 ms is the default: a chat mesh is a handful of peers, and connecting fast is what they
-/// notice; a large mesh can trade with `--ice-tick`.
-pub const DEFAULT_ICE_TICK: Duration = Duration::from_millis(10);
+/// With the patched webrtc-rs (vendor/README.md) every connect step is acted on when it is due
+/// (a remote candidate, the DTLS ClientHello, SCTP INIT, DCEP OPEN), so this interval only paces
+/// checks that are retried; it no longer sets the connect time, and it costs nothing once
+/// connected: a connected agent wakes for [`ICE_KEEPALIVE`] only. Before the patch the same
+/// setting was also the keepalive and the driver's tick for the connection's whole life, and
+/// was 10 ms: 1.34 % of a core per idle connection (docs/benchmarks.md, "Idle CPU").
+pub const DEFAULT_ICE_TICK: Duration = Duration::from_millis(20);
+
+/// How often a connected agent sends a STUN binding request on its selected pair (consent
+/// freshness, RFC 7675; webrtc-rs's default). It is also when the agent looks at what it has
+/// received: a connection silent for 5 s becomes `disconnected`, for 30 s `failed`
+/// (webrtc-rs's defaults, kept). Browsers check consent about every 5 s.
+pub const ICE_KEEPALIVE: Duration = Duration::from_secs(2);
 
 /// How long connectivity checks may go on before a pair fails: webrtc-rs's default budget
 /// (7 checks of 200 ms), kept whatever the tick.
@@ -90,7 +93,7 @@ pub fn relay_acceptance_wait(relay_only: bool) -> Duration {
     if relay_only { Duration::ZERO } else { Duration::from_secs(1) }
 }
 
-/// The settings every connection uses, with the ICE timer ticking every `ice_tick`.
+/// The settings every connection uses, with connectivity checks every `ice_tick`.
 ///
 /// A peer-reflexive first pair is accepted at once instead of after 1 s. mDNS is off: nobody here
 /// resolves `.local` candidates, and with only `lo` it fails to bind. The SCTP packet size is
@@ -108,7 +111,7 @@ pub fn setting_engine_builder(ice_tick: Duration) -> SettingEngineBuilder {
     SettingEngineBuilder::new()
         .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
         .with_ice_connection_attempts(tick, Some(checks))
-        .with_ice_timeouts(None, None, tick)
+        .with_ice_timeouts(None, None, Some(ICE_KEEPALIVE))
         .with_multicast_dns_mode(MulticastDnsMode::Disabled)
         .with_sctp_mtu(SCTP_MTU)
 }

@@ -588,23 +588,28 @@ impl Agent {
             self.disconnected_timeout,
             self.failed_timeout,
         );
-        let mut interval = DEFAULT_CHECK_INTERVAL;
+        // Switchboard patch: the interval is the state's own, not at most the 200 ms default.
+        // Upstream starts from DEFAULT_CHECK_INTERVAL and only lowers it, so a connected agent
+        // woke every 200 ms (or every check interval, if shorter) for the connection's whole
+        // life, whatever its keepalive interval: the idle cost of every connection. Connected,
+        // nothing is due before the next keepalive (which also runs the disconnect and failure
+        // checks, and is bounded by those timeouts below); incoming packets are handled as
+        // they arrive, independently of this timer.
+        let own = match self.last_connection_state {
+            ConnectionState::New | ConnectionState::Checking => check_interval,
+            ConnectionState::Connected | ConnectionState::Disconnected => keepalive_interval,
+            _ => ZERO_DURATION,
+        };
+        let mut interval = if own == ZERO_DURATION {
+            DEFAULT_CHECK_INTERVAL
+        } else {
+            own
+        };
 
         let mut update_interval = |x: Duration| {
             if x != ZERO_DURATION && (interval == ZERO_DURATION || interval > x) {
                 interval = x;
             }
-        };
-
-        match self.last_connection_state {
-            ConnectionState::New | ConnectionState::Checking => {
-                // While connecting, check candidates more frequently
-                update_interval(check_interval);
-            }
-            ConnectionState::Connected | ConnectionState::Disconnected => {
-                update_interval(keepalive_interval);
-            }
-            _ => {}
         };
         // Ensure we run our task loop as quickly as the minimum of our various configured timeouts
         update_interval(disconnected_timeout);

@@ -850,6 +850,9 @@ where
             self.poll_writes().await?;
             self.poll_events().await;
             self.poll_reads().await?;
+            // Switchboard patch: what handling events and reads produced (an SCTP INIT after
+            // DTLS connects, a DCEP OPEN or ACK, a SACK) goes out now, not after the sleep below.
+            self.poll_writes().await?;
 
             // Wake senders blocked in `DataChannel::writable()`: the poll_* passes above
             // applied any SCTP buffer releases (acked/abandoned bytes) to the per-channel

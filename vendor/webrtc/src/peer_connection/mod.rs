@@ -1289,6 +1289,10 @@ impl PeerConnection for PeerConnectionImpl {
             let mut core = self.inner.core.lock().await;
             core.add_remote_candidate(candidate.clone())?;
         }
+        // Switchboard patch: wake the driver. The core asks for a connectivity check on a new
+        // remote candidate (an immediate `poll_timeout`), but a driver asleep until its next
+        // deadline would only see it then (the ICE tick, 200 ms by default).
+        self.inner.wake_writes().await;
 
         let candidate_str = match candidate.candidate.strip_prefix("candidate:") {
             Some(s) => s,

@@ -396,6 +396,16 @@ impl<'a>
                         dtls_handshake_config,
                         None,
                     )?;
+                    // Switchboard patch: hand the ClientHello to the writer now. Left in the
+                    // endpoint, it waited for the next `handle_timeout` (an ICE tick, or with
+                    // an idle-friendly agent the DTLS retransmission timer, 1 s).
+                    while let Some(transmit) = dtls_endpoint.poll_transmit() {
+                        self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
+                            now: transmit.now,
+                            transport: transmit.transport,
+                            message: RTCMessageInternal::Dtls(DTLSMessage::Raw(transmit.message)),
+                        });
+                    }
                 };
             }
         } else {
