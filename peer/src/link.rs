@@ -39,8 +39,6 @@ use crate::transport;
 /// The label of the chat channel (PROTOCOL.md).
 pub const CHAT_LABEL: &str = "chat";
 
-/// Requests queued for the negotiation task; small, since each is handled quickly.
-const INPUT_QUEUE: usize = 64;
 /// Chat lines queued for one channel before [`Link::send_chat`] waits.
 const CHAT_QUEUE: usize = 256;
 /// Remote candidates kept while no remote description is set yet.
@@ -171,7 +169,9 @@ impl Shared {
 pub struct Link {
     shared: Arc<Shared>,
     pc: Arc<dyn PeerConnection>,
-    input: mpsc::Sender<Input>,
+    /// Unbounded, so that the mesh never waits on a link: what goes in is the remote's signals
+    /// (rate-limited by the server) and our own offers, handled as fast as they come.
+    input: mpsc::UnboundedSender<Input>,
 }
 
 impl std::fmt::Debug for Link {
@@ -213,7 +213,7 @@ impl Link {
             ice_changed: Notify::new(),
             closed: CancellationToken::new(),
         });
-        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
+        let (input_tx, input_rx) = mpsc::unbounded_channel();
         let handler = Arc::new(Handler { shared: shared.clone(), input: input_tx.downgrade() });
         let policy =
             if options.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All };
@@ -262,13 +262,19 @@ impl Link {
     }
 
     /// As the newcomer: create the `chat` channel and send an offer.
-    pub async fn offer(&self) {
-        let _ = self.input.send(Input::Offer).await;
+    pub fn offer(&self) {
+        let _ = self.input.send(Input::Offer);
     }
 
-    /// A signal the remote sent us.
-    pub async fn handle_signal(&self, signal: Signal) {
-        let _ = self.input.send(Input::Remote(signal)).await;
+    /// A signal the remote sent us; handled in order, without waiting here.
+    pub fn handle_signal(&self, signal: Signal) {
+        let _ = self.input.send(Input::Remote(signal));
+    }
+
+    /// The open `chat` channel's line queue (bounded: [`CHAT_QUEUE`]), to queue lines without
+    /// waiting; `None` while the channel is not open.
+    pub fn chat_sender(&self) -> Option<mpsc::Sender<String>> {
+        lock(&self.shared.chat).as_ref().map(|c| c.tx.clone())
     }
 
     /// True while the `chat` channel is open.
@@ -341,14 +347,14 @@ struct Handler {
     shared: Arc<Shared>,
     /// Weak, so that closing the link ends the negotiation task (the handler lives as long as
     /// the peer connection, which that task holds).
-    input: mpsc::WeakSender<Input>,
+    input: mpsc::WeakUnboundedSender<Input>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_negotiation_needed(&self) {
         if let Some(input) = self.input.upgrade() {
-            let _ = input.try_send(Input::NegotiationNeeded);
+            let _ = input.send(Input::NegotiationNeeded);
         }
     }
 
@@ -479,7 +485,11 @@ async fn serve_remote_channel(shared: Arc<Shared>, channel: Arc<dyn DataChannel>
 }
 
 /// The negotiation task: one request at a time (see the module docs).
-async fn negotiate(shared: Arc<Shared>, pc: Arc<dyn PeerConnection>, mut input: mpsc::Receiver<Input>) {
+async fn negotiate(
+    shared: Arc<Shared>,
+    pc: Arc<dyn PeerConnection>,
+    mut input: mpsc::UnboundedReceiver<Input>,
+) {
     let mut early_candidates: Vec<RTCIceCandidateInit> = Vec::new();
     let mut ignoring_offer = false;
     while let Some(request) = input.recv().await {

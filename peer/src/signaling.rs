@@ -27,8 +27,6 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Signals kept while disconnected; beyond this the oldest is dropped (with a log line).
 const OUTBOX_LIMIT: usize = 4096;
-/// Commands queued from the owner.
-const COMMAND_QUEUE: usize = 256;
 /// How long a connect + join may take before it counts as a lost connection.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 /// First reconnect delay ceiling; doubles per failed try up to [`BACKOFF_MAX`].
@@ -77,28 +75,30 @@ enum Command {
 /// The owner's handle on the signaling task.
 #[derive(Debug, Clone)]
 pub struct Signaling {
-    commands: mpsc::Sender<Command>,
+    /// Unbounded, so that the mesh never waits here while this task waits for the mesh to
+    /// take an event (a cycle). What goes in is our own signals, a few per connection.
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl Signaling {
     /// Starts the signaling task on `tasks`; its events arrive on `events`.
     pub fn start(params: JoinParams, events: mpsc::Sender<SignalingEvent>, tasks: &TaskTracker) -> Signaling {
-        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         tasks.spawn(run(params, rx, events));
         Signaling { commands: tx }
     }
 
     /// Relays `signal` to `to`. `from_id` is our id when the signal was produced: a signal of an
     /// earlier session (before a refused resume gave us a new id) is dropped, not misdelivered.
-    pub async fn signal(&self, from_id: &str, to: &str, signal: Signal) {
+    pub fn signal(&self, from_id: &str, to: &str, signal: Signal) {
         let command = Command::Signal { from_id: from_id.to_string(), to: to.to_string(), signal };
-        let _ = self.commands.send(command).await;
+        let _ = self.commands.send(command);
     }
 
     /// Sends `leave` and closes, waiting at most `deadline`.
     pub async fn leave(&self, deadline: Duration) {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Leave(tx)).await.is_ok() {
+        if self.commands.send(Command::Leave(tx)).is_ok() {
             let _ = tokio::time::timeout(deadline, rx).await;
         }
     }
@@ -147,7 +147,7 @@ impl Outbox {
 
 async fn run(
     params: JoinParams,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<SignalingEvent>,
 ) {
     let mut resume: Option<String> = None;
@@ -330,7 +330,7 @@ async fn flush_outbox(ws: &mut Ws, outbox: &mut Outbox, id: &str) -> Result<(), 
 async fn serve(
     ws: &mut Ws,
     id: &str,
-    commands: &mut mpsc::Receiver<Command>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
     events: &mpsc::Sender<SignalingEvent>,
     outbox: &mut Outbox,
     handled: &mut Option<u64>,

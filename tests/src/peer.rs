@@ -283,6 +283,12 @@ impl Peer {
         let _ = stdin.flush().await;
     }
 
+    /// Takes its stdin, to write to it from another task while the test reads events (a peer
+    /// that cannot write its events stops reading its stdin).
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.stdin.take().unwrap_or_else(|| panic!("{}: stdin already taken or closed", self.label))
+    }
+
     /// Closes its stdin (end of input, like Ctrl-D).
     pub fn close_stdin(&mut self) {
         self.stdin = None;

@@ -49,8 +49,8 @@ fn two_peers_exchange_lines_both_ways_and_exit_when_expected() {
 
 #[test]
 fn peers_with_a_slower_ice_tick_still_connect_and_chat() {
-    // `--ice-tick` trades connect time for idle CPU; peers with different ticks must still
-    // find each other (the slower one answers checks whenever they come).
+    // `--ice-tick` is the check interval while connecting; peers with different ticks must
+    // still find each other (the slower one answers checks whenever they come).
     isolated(|| async {
         let server = Server::start(&[]).await;
         let (mut ana, ana_id) =
@@ -274,6 +274,59 @@ fn echo_sends_every_line_back_to_its_sender() {
         ana.wait_message(&echo_id, "ping 1").await;
         ana.wait_message(&echo_id, "ping 2").await;
         assert_eq!(ana.wait_exit().await, Some(0));
+    });
+}
+
+/// A burst of the longest lines against `--echo`: both peers' chat queues and SCTP windows fill
+/// at once, in both directions. Every line must come back, in order. Issue 19 suspected a cycle
+/// here (the mesh waiting for room in a link's chat queue while the link's channel task waits
+/// for room in the mesh's event queue, on both sides); the mesh now never waits on a link, so
+/// none can form. The old mesh passed this too (also with 16,000 lines): its `select!` took
+/// echoes often enough between typed lines that both sides never blocked at once.
+#[test]
+fn a_burst_of_long_lines_against_echo_all_come_back() {
+    const LINES: usize = 4000;
+    isolated(|| async {
+        let server = Server::start(&[]).await;
+        let (mut echo, echo_id) = join(&server, "echo", &["--echo"]).await;
+        let (mut ana, _) = join(&server, "ana", &["--expect", &LINES.to_string()]).await;
+        wait_open(&mut ana, &echo_id).await;
+        // The echo's events are read too: a peer whose stdout is not read stops.
+        let echo_reader = tokio::spawn(async move {
+            echo.wait_for_count_within(std::time::Duration::from_secs(120), "lines to echo", LINES, |e| {
+                is(e, "message")
+            })
+            .await;
+            echo
+        });
+        let mut stdin = ana.take_stdin();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for i in 0..LINES {
+                let mut line = format!("{i:05} ").into_bytes();
+                line.resize(MAX_LINE, b'x');
+                line.push(b'\n');
+                if stdin.write_all(&line).await.is_err() {
+                    break;
+                }
+            }
+            stdin
+        });
+        let echoed = ana
+            .wait_for_count_within(std::time::Duration::from_secs(120), "echoed lines", LINES, |e| {
+                is(e, "message") && e["from"] == echo_id
+            })
+            .await;
+        for (i, event) in echoed.iter().enumerate() {
+            let text = event["text"].as_str().unwrap_or_default();
+            assert!(
+                text.starts_with(&format!("{i:05} ")) && text.len() == MAX_LINE,
+                "line {i} out of order or cut"
+            );
+        }
+        drop(writer.await);
+        assert_eq!(ana.wait_exit().await, Some(0));
+        drop(echo_reader.await);
     });
 }
 

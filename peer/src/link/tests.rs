@@ -82,13 +82,13 @@ async fn pair_with(wire: Wire, b_options: LinkOptions) -> Pair {
                 Some(signal) = for_a.recv() => {
                     let signal = with_gathered_sdp(signal, &a_pc, &b_pc, wire).await;
                     if let Some(input) = a_input.upgrade() {
-                        let _ = input.send(Input::Remote(signal)).await;
+                        let _ = input.send(Input::Remote(signal));
                     }
                 }
                 Some(signal) = for_b.recv() => {
                     let signal = with_gathered_sdp(signal, &b_pc, &a_pc, wire).await;
                     if let Some(input) = b_input.upgrade() {
-                        let _ = input.send(Input::Remote(signal)).await;
+                        let _ = input.send(Input::Remote(signal));
                     }
                 }
                 else => break,
@@ -143,7 +143,7 @@ async fn expect_open(events: &mut mpsc::Receiver<LinkEvent>) {
 #[tokio::test]
 async fn each_side_reports_the_selected_pair_once() {
     let mut p = pair(Wire::Trickle).await;
-    p.a.offer().await;
+    p.a.offer();
     expect_open(&mut p.a_events).await;
     expect_open(&mut p.b_events).await;
     let host = LinkEvent::IceSelected { local: "host".into(), remote: "host".into() };
@@ -160,7 +160,7 @@ async fn each_side_reports_the_selected_pair_once() {
 #[tokio::test]
 async fn newcomer_offer_opens_chat_both_ways() {
     let mut p = pair(Wire::Trickle).await;
-    p.a.offer().await;
+    p.a.offer();
     expect_open(&mut p.a_events).await;
     expect_open(&mut p.b_events).await;
 
@@ -178,7 +178,7 @@ async fn newcomer_offer_opens_chat_both_ways() {
 #[tokio::test]
 async fn accepts_sdp_that_carries_all_candidates_without_trickle() {
     let mut p = pair(Wire::NoTrickle).await;
-    p.a.offer().await;
+    p.a.offer();
     expect_open(&mut p.a_events).await;
     expect_open(&mut p.b_events).await;
     p.b.send_chat("no trickle".into()).await.expect("send");
@@ -191,7 +191,8 @@ async fn accepts_sdp_that_carries_all_candidates_without_trickle() {
 async fn glare_resolves_with_the_polite_side_yielding() {
     let mut p = pair(Wire::Trickle).await;
     // Both sides offer at once: b (impolite) keeps its offer, a (polite) rolls back.
-    tokio::join!(p.a.offer(), p.b.offer());
+    p.a.offer();
+    p.b.offer();
     expect_open(&mut p.a_events).await;
     expect_open(&mut p.b_events).await;
     p.a.send_chat("after glare".into()).await.expect("send");
@@ -203,7 +204,7 @@ async fn glare_resolves_with_the_polite_side_yielding() {
 #[tokio::test]
 async fn lines_over_the_limit_are_refused_locally_and_lines_at_it_arrive() {
     let mut p = pair(Wire::Trickle).await;
-    p.a.offer().await;
+    p.a.offer();
     expect_open(&mut p.a_events).await;
     expect_open(&mut p.b_events).await;
     let too_long = "x".repeat(MAX_CHAT_LINE_BYTES + 1);
@@ -246,7 +247,7 @@ async fn file_pair(name: &str) -> FilePair {
     };
     let inbox = Inbox::new(receiving, received_tx);
     let mut pair = pair_with(Wire::Trickle, LinkOptions { inbox: Some(inbox), ..loopback() }).await;
-    pair.a.offer().await;
+    pair.a.offer();
     expect_open(&mut pair.a_events).await;
     expect_open(&mut pair.b_events).await;
     FilePair { pair, file, received, dir }
