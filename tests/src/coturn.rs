@@ -4,7 +4,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -61,16 +60,9 @@ impl Coturn {
         }
         let conf = dir.join("turnserver.conf");
         std::fs::write(&conf, config).unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
-        let child = Command::new(&program)
-            .arg("-c")
-            .arg(&conf)
-            .arg("--no-stdout-log")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let mut command = Command::new(&program);
+        command.arg("-c").arg(&conf).arg("--no-stdout-log");
+        let child = crate::daemon::spawn(command, &program);
         let mut coturn = Coturn { child, dir, addr };
         coturn.wait_ready().await;
         coturn

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,20 +43,16 @@ impl HaProxy {
         }
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let dir = Scratch::new("haproxy", &addr.port().to_string());
-        let child = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .arg("-db")
             .arg("-f")
             .arg(repo_config())
             .env("SWITCHBOARD_LISTEN", addr.to_string())
             .env("SWITCHBOARD_A", a.to_string())
             .env("SWITCHBOARD_B", b.to_string())
-            .env("SWITCHBOARD_HAPROXY_STATE", dir.str())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            .env("SWITCHBOARD_HAPROXY_STATE", dir.str());
+        let child = crate::daemon::spawn(command, &program);
         let mut proxy = HaProxy { child, addr, _dir: dir };
         let started = tokio::time::Instant::now();
         loop {

@@ -22,6 +22,7 @@
 mod bins;
 pub mod browser;
 pub mod coturn;
+mod daemon;
 pub mod haproxy;
 mod netns;
 mod peer;

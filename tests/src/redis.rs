@@ -3,7 +3,6 @@
 //! would. The package's system service is never used (scripts/test.sh disables it).
 
 use std::net::TcpListener;
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,7 +84,8 @@ impl Redis {
                 program.display()
             );
         }
-        let child = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -96,13 +96,8 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
-            .args(["--dir", self.dir.str(), "--logfile", &self.dir.join_str("redis.log")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            .args(["--dir", self.dir.str(), "--logfile", &self.dir.join_str("redis.log")]);
+        let child = crate::daemon::spawn(command, &program);
         self.child = Some(child);
         let started = tokio::time::Instant::now();
         loop {
