@@ -58,9 +58,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAc
             Err(error) => {
                 // Out of descriptors (EMFILE/ENFILE) or a connection that died in the backlog:
                 // wait a moment rather than spin, and say so at most every ten seconds.
-                if warned_at.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
+                if warned_at.is_none_or(|at| {
+                    crate::clock::now().saturating_duration_since(at) > Duration::from_secs(10)
+                }) {
                     tracing::warn!(%error, "accept failed");
-                    warned_at = Some(Instant::now());
+                    warned_at = Some(crate::clock::now());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
@@ -111,7 +113,7 @@ async fn serve_connection(
         None => serve_http(ReadAhead::new(tcp), connection, &shared, header_timeout, router).await,
         Some(acceptor) => {
             // The handshake counts toward the time the client has to send its request head.
-            let started = Instant::now();
+            let started = crate::clock::now();
             let handshake = tokio::time::timeout(header_timeout, acceptor.accept(tcp));
             let stream = tokio::select! {
                 () = shared.shutdown.cancelled() => return,
@@ -124,7 +126,9 @@ async fn serve_connection(
                     Err(_) => return,
                 },
             };
-            let left = header_timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+            let left = header_timeout
+                .saturating_sub(crate::clock::now().saturating_duration_since(started))
+                .max(Duration::from_millis(1));
             serve_http(stream, connection, &shared, left, router).await;
         }
     }

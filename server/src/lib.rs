@@ -7,6 +7,7 @@
 mod accept;
 mod admission;
 mod budget;
+mod clock;
 mod cluster;
 pub mod config;
 pub mod grant;
@@ -34,7 +35,7 @@ mod turned_away;
 mod ws;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -88,7 +89,7 @@ async fn sweep_expired_members(shared: std::sync::Arc<Shared>) {
     loop {
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            _ = tick.tick() => shared.rooms.expire(Instant::now()),
+            _ = tick.tick() => shared.rooms.expire(clock::now()),
         }
     }
 }

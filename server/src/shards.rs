@@ -179,7 +179,7 @@ mod tests {
     }
 
     fn texts(shards: &Shards, placement: &Placement) -> Vec<String> {
-        let outbound = shards.lock(placement).take_outbound(placement.conn(), Instant::now());
+        let outbound = shards.lock(placement).take_outbound(placement.conn(), crate::clock::now());
         outbound.frames.iter().map(|f| f.as_str().to_owned()).collect()
     }
 
@@ -196,7 +196,7 @@ mod tests {
     #[test]
     fn a_connection_moves_to_its_rooms_shard_on_join_and_relays_there() {
         let shards = Shards::new(RoomsConfig::default(), 8);
-        let now = Instant::now();
+        let now = crate::clock::now();
         let (room, _) = rooms_on_two_shards(&shards);
         let mut joined = Vec::new();
         for _ in 0..2 {
@@ -231,7 +231,7 @@ mod tests {
     fn the_room_cap_and_the_queue_bound_hold_across_shards() {
         let config = RoomsConfig { max_rooms: 1, ..RoomsConfig::default() };
         let shards = Shards::new(config, 8);
-        let now = Instant::now();
+        let now = crate::clock::now();
         let (first, other) = rooms_on_two_shards(&shards);
         let a = shards.connect(Arc::new(Notify::new()));
         shards.lock_for_room(&a, &first).join(a.conn(), join_request(first.as_str()), now).expect("joins");

@@ -125,7 +125,7 @@ impl Drop for DisconnectOnDrop<'_> {
             return cluster.disconnect(self.shared, self.place, self.unwritten_from);
         }
         let (rooms, conn) = (&self.shared.rooms, self.place.conn());
-        rooms.lock(self.place).disconnect(conn, Instant::now(), self.unwritten_from);
+        rooms.lock(self.place).disconnect(conn, crate::clock::now(), self.unwritten_from);
     }
 }
 
@@ -177,7 +177,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(shared: &'a Shared, place: &'a Placement) -> Self {
-        let now = Instant::now();
+        let now = crate::clock::now();
         Self {
             shared,
             place,
@@ -208,7 +208,7 @@ impl<'a> Reader<'a> {
                 biased;
                 message = stream.next() => message,
                 () = &mut timer => {
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     let deadline = self.deadline();
                     if now < deadline {
                         timer.as_mut().reset(deadline.into());
@@ -227,7 +227,7 @@ impl<'a> Reader<'a> {
                 Some(Err(error)) => return self.on_socket_error(error),
                 Some(Ok(message)) => message,
             };
-            let now = Instant::now();
+            let now = crate::clock::now();
             self.heard_at = now;
             let size = match &message {
                 Message::Text(text) => text.len(),
@@ -430,7 +430,7 @@ impl<'a> Reader<'a> {
 
     fn refuse(&self, refusal: Refusal) {
         tracing::debug!(code = %refusal.code, message = %refusal.message, "refused");
-        self.rooms().refuse(self.place.conn(), &refusal, Instant::now());
+        self.rooms().refuse(self.place.conn(), &refusal, crate::clock::now());
     }
 
     /// The shard this connection is in, locked. Never across an `.await`.
@@ -508,7 +508,7 @@ async fn write_loop(
                 }
             }
         }
-        let outbound = shared.rooms.lock(place).take_outbound(place.conn(), Instant::now());
+        let outbound = shared.rooms.lock(place).take_outbound(place.conn(), crate::clock::now());
         just_wrote = !outbound.frames.is_empty();
         if just_wrote {
             unconfirmed.set(outbound.journal_from);

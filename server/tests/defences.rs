@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::json;
-use support::{Client, Ended, ServerProcess};
+use support::{Client, Ended, Endpoint, InProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -17,6 +17,8 @@ async fn raw_upgrade(addr: &str, local_ip: [u8; 4], headers: &[(&str, &str)]) ->
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind((local_ip, 0).into()).expect("bind a loopback source address");
     let mut stream = socket.connect(addr.parse().expect("addr")).await.expect("connect");
+    // Nagle off: on a paused clock a frame held back for a delayed ACK would look lost.
+    stream.set_nodelay(true).expect("TCP_NODELAY");
     let mut request = format!(
         "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -78,27 +80,27 @@ async fn close_code(stream: &mut TcpStream) -> Option<u16> {
     tokio::time::timeout(support::WAIT, read).await.expect("server closes in time")
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn invalid_utf8_in_a_text_frame_is_closed_with_1007() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (status, mut stream) = raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await;
     assert_eq!(status, 101);
     stream.write_all(&frame(1, &[0xff, 0xfe, 0xfd], true)).await.expect("written");
     assert_eq!(close_code(&mut stream).await, Some(1007));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_unmasked_client_frame_is_closed_with_1002() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (status, mut stream) = raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await;
     assert_eq!(status, 101);
     stream.write_all(&frame(1, br#"{"type":"leave"}"#, false)).await.expect("written");
     assert_eq!(close_code(&mut stream).await, Some(1002));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_foreign_origin_is_refused_before_the_upgrade() {
-    let server = ServerProcess::start(&["--allowed-origin", "https://app.example.org"]);
+    let server = InProcess::start(&["--allowed-origin", "https://app.example.org"]).await;
     let own = format!("http://{}", server.addr);
     let cases = [
         (Some("http://evil.example"), 403),
@@ -116,9 +118,9 @@ async fn a_foreign_origin_is_refused_before_the_upgrade() {
     server.wait_for_metric("switchboard_connections", 0.0).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn connection_caps_answer_429_per_ip_and_503_in_total() {
-    let server = ServerProcess::start(&["--max-connections", "3", "--max-connections-per-ip", "2"]);
+    let server = InProcess::start(&["--max-connections", "3", "--max-connections-per-ip", "2"]).await;
     let mut open = Vec::new();
     for _ in 0..2 {
         let (status, stream) = raw_upgrade(&server.addr, [127, 0, 0, 1], &[]).await;
@@ -146,7 +148,7 @@ fn mint(secret: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).expect("UTF-8").lines().last().expect("a token line").to_owned()
 }
 
-async fn join_with_token(server: &ServerProcess, room: &str, name: &str, token: &str) -> Client {
+async fn join_with_token(server: &Endpoint, room: &str, name: &str, token: &str) -> Client {
     let mut client = server.connect().await;
     client.send(json!({"type": "join", "room": room, "name": name, "token": token})).await;
     client
@@ -159,9 +161,9 @@ async fn expect_unauthorized(mut client: Client) {
     assert_eq!(ended, Ended::Closed(Some(1008)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn room_tokens_admit_their_room_only() {
-    let server = ServerProcess::start(&["--token-secret", "s3cret"]);
+    let server = InProcess::start(&["--token-secret", "s3cret"]).await;
     let valid = mint("s3cret", &["--room", "lobby", "--ttl", "1h"]);
     let mut ana = join_with_token(&server, "lobby", "ana", &valid).await;
     let welcome = ana.expect_type("welcome").await;
@@ -219,7 +221,7 @@ fn bad_flags_exit_2_with_a_message() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn tls_serves_https_and_wss() {
     let dir = std::env::temp_dir().join(format!("switchboard-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -247,10 +249,13 @@ async fn tls_serves_https_and_wss() {
         .expect("the openssl command runs (Debian package openssl)");
     assert!(made.status.success(), "openssl failed: {}", String::from_utf8_lossy(&made.stderr));
 
-    let server = ServerProcess::start_with_scheme(
-        &["--tls-cert", cert_path.to_str().expect("utf-8"), "--tls-key", key_path.to_str().expect("utf-8")],
-        "https",
-    );
+    let server = InProcess::start(&[
+        "--tls-cert",
+        cert_path.to_str().expect("utf-8"),
+        "--tls-key",
+        key_path.to_str().expect("utf-8"),
+    ])
+    .await;
     use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_file(&cert_path).expect("PEM")).expect("our cert is a valid root");
@@ -261,6 +266,7 @@ async fn tls_serves_https_and_wss() {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let tcp = TcpStream::connect(&server.addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let tls =
         tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");

@@ -1,13 +1,14 @@
-//! The attacks of issue 13 ("Hardening 2") on the server, each run against the real binary:
+//! The attacks of issue 13 ("Hardening 2") on the server, run against the real binary (two whose
+//! point is a timer run in-process on tokio's paused clock):
 //! what used to work, shown not to work any more, while a polite client from another loopback
 //! address is served. Attackers bind 127.0.0.2 and up; polite clients 127.0.0.1 (loopback holds
 //! all of 127.0.0.0/8).
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -16,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async};
+
+use testkit::{InProcess, Launch, ServerProcess};
 
 const WAIT: Duration = support::WAIT;
 
@@ -27,7 +30,7 @@ fn server_binary() -> std::ffi::OsString {
 
 /// The server binary, optionally under `prlimit`, with its stderr kept for the test to read.
 struct Server {
-    child: Child,
+    process: ServerProcess,
     addr: String,
     stderr: std::path::PathBuf,
 }
@@ -44,31 +47,13 @@ impl Server {
             std::process::id(),
             rand_suffix()
         ));
-        let mut command = match nofile {
-            Some((soft, hard)) => {
-                // prlimit (util-linux, always present on Debian) sets the limit, then execs.
-                let mut command = Command::new("prlimit");
-                command.arg(format!("--nofile={soft}:{hard}")).arg(server_binary());
-                command
-            }
-            None => Command::new(server_binary()),
-        };
-        let mut child = command
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", log)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("the server starts (prlimit is util-linux, part of every Debian)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("a line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first stdout line {line:?}"))
-            .to_owned();
-        Self { child, addr, stderr }
+        let mut launch = Launch::new(server_binary()).args(args).env("RUST_LOG", log).stderr_to(&stderr);
+        if let Some((soft, hard)) = nofile {
+            // prlimit (util-linux, always present on Debian) sets the limit, then execs.
+            launch = launch.nofile(soft, hard);
+        }
+        let process = launch.start().unwrap_or_else(|e| panic!("the server starts: {e}"));
+        Self { addr: process.addr.clone(), process, stderr }
     }
 
     fn socket_addr(&self) -> SocketAddr {
@@ -76,17 +61,12 @@ impl Server {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Resident memory, from /proc.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("/proc status");
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmRSS")
+        self.process.rss_bytes().expect("/proc status") / 1024
     }
 
     fn log(&self) -> String {
@@ -113,48 +93,41 @@ impl Server {
             .unwrap_or_else(|| panic!("metric {name} missing from:\n{body}"))
     }
 
-    /// A polite client from 127.0.0.1 joins `room` and relays a signal to a second polite client
-    /// (from 127.0.0.100).
     async fn polite_clients_are_served(&self, room: &str) {
-        let mut ana = ws_from([127, 0, 0, 1], &self.addr).await.expect("the polite client gets in");
-        send(&mut ana, json!({"type": "join", "room": room, "name": "ana"})).await;
-        let welcome = next_json(&mut ana).await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        let mut bob = ws_from([127, 0, 0, 100], &self.addr).await.expect("the polite client gets in");
-        send(&mut bob, json!({"type": "join", "room": room, "name": "bob"})).await;
-        assert_eq!(next_json(&mut bob).await["type"], "welcome");
-        assert_eq!(next_json(&mut ana).await["type"], "peer_joined");
-        send(&mut bob, support::signal_to(&welcome["id"], 1)).await;
-        let relayed = next_json(&mut ana).await;
-        assert_eq!(relayed["type"], "signal", "{relayed}");
+        polite_clients_are_served(&self.addr, room).await;
     }
 
     fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill");
-        assert!(status.success());
+        self.process.signal("TERM");
     }
 
     /// The exit code, if the process ends within `within`.
     fn exit_within(&mut self, within: Duration) -> Option<Option<i32>> {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return Some(status.code());
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_exit(within)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         let _ = std::fs::remove_file(&self.stderr);
     }
+}
+
+/// A polite client from 127.0.0.1 joins `room` and relays a signal to a second polite client
+/// (from 127.0.0.100).
+async fn polite_clients_are_served(addr: &str, room: &str) {
+    let mut ana = ws_from([127, 0, 0, 1], addr).await.expect("the polite client gets in");
+    send(&mut ana, json!({"type": "join", "room": room, "name": "ana"})).await;
+    let welcome = next_json(&mut ana).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let mut bob = ws_from([127, 0, 0, 100], addr).await.expect("the polite client gets in");
+    send(&mut bob, json!({"type": "join", "room": room, "name": "bob"})).await;
+    assert_eq!(next_json(&mut bob).await["type"], "welcome");
+    assert_eq!(next_json(&mut ana).await["type"], "peer_joined");
+    send(&mut bob, support::signal_to(&welcome["id"], 1)).await;
+    let relayed = next_json(&mut ana).await;
+    assert_eq!(relayed["type"], "signal", "{relayed}");
 }
 
 fn rand_suffix() -> u64 {
@@ -166,7 +139,9 @@ fn rand_suffix() -> u64 {
 async fn tcp_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
     socket.bind((from, 0).into())?;
-    socket.connect(to).await
+    let stream = socket.connect(to).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -361,9 +336,10 @@ async fn room_squatting_by_join_and_abort_is_held_to_the_per_ip_cap() {
     server.polite_clients_are_served("not-squatted").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// In-process on the paused clock: the grace period runs out exactly, in no time.
+#[tokio::test(start_paused = true)]
 async fn a_member_in_grace_counts_against_its_clients_cap_until_grace_ends() {
-    let server = Server::start(&["--max-connections-per-ip", "2", "--resume-grace", "2s"]);
+    let server = InProcess::start(&["--max-connections-per-ip", "2", "--resume-grace", "2s"]).await;
     let mut tokens = Vec::new();
     for room in ["a", "b"] {
         let mut ws = ws_from([127, 0, 0, 2], &server.addr).await.expect("in");
@@ -376,7 +352,7 @@ async fn a_member_in_grace_counts_against_its_clients_cap_until_grace_ends() {
     assert_eq!(server.metric("switchboard_connections").await, 0.0);
     let refused = ws_from([127, 0, 0, 2], &server.addr).await.expect_err("both places are held in grace");
     assert_eq!(refused_status(&refused), Some(429), "{refused}");
-    server.polite_clients_are_served("other-address").await;
+    polite_clients_are_served(&server.addr, "other-address").await;
     // Once grace ends, the places are free again.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(server.metric("switchboard_suspended_members").await, 0.0);
@@ -485,9 +461,10 @@ async fn a_header_flood_is_cut_at_16_kib_and_costs_no_memory() {
     server.polite_clients_are_served("after-header-flood").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// In-process on the paused clock: the header timeout runs out exactly, in no time.
+#[tokio::test(start_paused = true)]
 async fn a_connection_without_a_complete_head_is_closed_at_the_header_timeout() {
-    let server = Server::start(&["--header-timeout", "1s"]);
+    let server = InProcess::start(&["--header-timeout", "1s"]).await;
     let target = server.socket_addr();
     let mut silent = tcp_from([127, 0, 0, 2], target).await.expect("connect");
     let mut partial = tcp_from([127, 0, 0, 2], target).await.expect("connect");
@@ -501,7 +478,7 @@ async fn a_connection_without_a_complete_head_is_closed_at_the_header_timeout() 
     for (what, tcp) in [("silent", &mut silent), ("partial head", &mut partial), ("kept alive", &mut kept)] {
         assert!(closed_by_server(tcp, Duration::from_secs(5)).await, "{what} connection still open");
     }
-    server.polite_clients_are_served("after-timeouts").await;
+    polite_clients_are_served(&server.addr, "after-timeouts").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,19 +531,16 @@ fn sigterm_ends_a_tls_server_during_a_handshake_that_never_ends() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    let mut child = Command::new(server_binary())
-        .args(["--addr", "127.0.0.1:0", "--tls-cert"])
+    let mut server = Launch::new(server_binary())
+        .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line).expect("a line");
-    let addr: SocketAddr =
-        line.trim().strip_prefix("listening on https://").expect("https").parse().expect("addr");
+        .quiet()
+        .start()
+        .unwrap_or_else(|e| panic!("the TLS server starts: {e}"));
+    assert!(server.http_url().starts_with("https://"), "{}", server.http_url());
+    let addr = server.socket_addr();
     let _stalled = runtime.block_on(async {
         let mut tcp = tcp_from([127, 0, 0, 2], addr).await.expect("connect");
         // The first bytes of a ClientHello, and then nothing.
@@ -574,19 +548,8 @@ fn sigterm_ends_a_tls_server_during_a_handshake_that_never_ends() {
         tcp
     });
     std::thread::sleep(Duration::from_millis(200));
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status.code();
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("the TLS server still runs 5 s after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    server.signal("TERM");
+    let code = server.wait_exit(Duration::from_secs(5)).expect("the TLS server ends within 5 s of SIGTERM");
     assert_eq!(code, Some(0));
     let _ = std::fs::remove_dir_all(dir);
 }

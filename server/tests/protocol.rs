@@ -1,4 +1,6 @@
-//! PROTOCOL.md, clause by clause, against the real server binary and a real WebSocket client.
+//! PROTOCOL.md, clause by clause, against the server in-process (port 0, tokio's paused clock, so
+//! idle, join and grace timers run exactly and at once) and a real WebSocket client; shutdown on
+//! SIGTERM against the real binary.
 
 mod support;
 
@@ -7,12 +9,12 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use serde_json::{Value, json};
-use support::{Ended, ServerProcess, sequence_of, signal_to};
+use support::{Ended, InProcess, sequence_of, signal_to};
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn join_gets_a_welcome_with_the_documented_fields() {
-    let server = ServerProcess::start(&["--ice-server", "stun:stun.example.org:3478"]);
+    let server = InProcess::start(&["--ice-server", "stun:stun.example.org:3478"]).await;
     let (_ana, welcome) = server.join("lobby", "ana").await;
     assert_eq!(welcome["room"], "lobby");
     assert_eq!(welcome["peers"], json!([]));
@@ -23,9 +25,9 @@ async fn join_gets_a_welcome_with_the_documented_fields() {
     assert!(welcome["id"].as_str().is_some_and(|id| !id.is_empty()));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn peers_are_listed_oldest_first_and_announced() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut ana, a) = server.join("lobby", "ana").await;
     let (mut bob, b) = server.join("lobby", "bob").await;
     let (_cy, c) = server.join("lobby", "cy").await;
@@ -35,9 +37,9 @@ async fn peers_are_listed_oldest_first_and_announced() {
     assert_eq!(bob.expect_type("peer_joined").await["peer"]["id"], c["id"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_signal_is_relayed_with_from_set_by_the_server() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut ana, a) = server.join("lobby", "ana").await;
     let (mut bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -48,9 +50,9 @@ async fn a_signal_is_relayed_with_from_set_by_the_server() {
     assert_eq!(relayed["signal"], offer, "the signal arrives unchanged, unknown fields included");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn rooms_are_isolated() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut ana, _) = server.join("one", "ana").await;
     let (mut eve, e) = server.join("two", "eve").await;
     ana.send(signal_to(&e["id"], 1)).await;
@@ -59,9 +61,9 @@ async fn rooms_are_isolated() {
     eve.expect_silence(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn every_error_code_in_its_situation() {
-    let server = ServerProcess::start(&["--room-size", "2", "--max-rooms", "2"]);
+    let server = InProcess::start(&["--room-size", "2", "--max-rooms", "2"]).await;
     let mut client = server.connect().await;
     client.send_text("{not json").await;
     client.expect_error("bad_json").await;
@@ -118,9 +120,9 @@ async fn every_error_code_in_its_situation() {
     client.expect_error("bad_message").await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_frame_over_the_limit_gets_too_large_and_a_1009_close() {
-    let server = ServerProcess::start(&["--max-frame-bytes", "1024"]);
+    let server = InProcess::start(&["--max-frame-bytes", "1024"]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let big = json!({"type": "signal", "to": "x", "signal": {"type": "offer", "sdp": "a".repeat(2000)}});
     ana.send(big).await;
@@ -129,9 +131,9 @@ async fn a_frame_over_the_limit_gets_too_large_and_a_1009_close() {
     assert_eq!(ended, Ended::Closed(Some(1009)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn leave_announces_at_once_and_closes_with_1000() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let (mut bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -140,9 +142,9 @@ async fn leave_announces_at_once_and_closes_with_1000() {
     assert_eq!(bob.until_closed().await.1, Ended::Closed(Some(1000)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn ids_are_unique_and_not_reused() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let mut seen = HashSet::new();
     for _ in 0..30 {
         let (mut client, welcome) = server.join("lobby", "x").await;
@@ -151,14 +153,14 @@ async fn ids_are_unique_and_not_reused() {
         client.until_closed().await;
     }
     // A restarted server gives different ids too.
-    let restarted = ServerProcess::start(&[]);
+    let restarted = InProcess::start(&[]).await;
     let (_client, welcome) = restarted.join("lobby", "x").await;
     assert!(!seen.contains(welcome["id"].as_str().expect("id")));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn resume_within_grace_keeps_the_id_and_delivers_what_was_queued_once_in_order() {
-    let server = ServerProcess::start(&["--resume-grace", "10s"]);
+    let server = InProcess::start(&["--resume-grace", "10s"]).await;
     let (mut ana, a) = server.join("lobby", "ana").await;
     let (bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -191,9 +193,9 @@ async fn resume_within_grace_keeps_the_id_and_delivers_what_was_queued_once_in_o
     assert_eq!(sequence_of(&back.expect_type("signal").await), 99);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn after_grace_others_see_peer_left_and_the_token_is_dead() {
-    let server = ServerProcess::start(&["--resume-grace", "500ms"]);
+    let server = InProcess::start(&["--resume-grace", "500ms"]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let (bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -206,9 +208,9 @@ async fn after_grace_others_see_peer_left_and_the_token_is_dead() {
     assert_ne!(welcome["id"], b["id"]);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_resume_token_works_once_and_replaces_an_open_connection_with_4000() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut first, a) = server.join("lobby", "ana").await;
     let mut second = server.connect().await;
     second.send(json!({"type": "join", "room": "lobby", "resume": a["resume_token"]})).await;
@@ -221,9 +223,9 @@ async fn a_resume_token_works_once_and_replaces_an_open_connection_with_4000() {
     assert_eq!(fresh["resumed"], false, "a used token joins fresh");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_burst_of_1000_signals_arrives_in_order() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let (mut bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -238,9 +240,9 @@ async fn a_burst_of_1000_signals_arrives_in_order() {
     ana.expect_silence(Duration::from_millis(100)).await; // not one refused
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn fifty_clients_in_ten_rooms_each_get_every_signal_once_in_order() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     const ROOMS: usize = 10;
     const PER_ROOM: usize = 5;
     const SIGNALS: u64 = 40;
@@ -285,17 +287,17 @@ async fn fifty_clients_in_ten_rooms_each_get_every_signal_once_in_order() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
-    let server = ServerProcess::start(&["--idle-timeout", "500ms", "--ping-interval", "10s"]);
+    let server = InProcess::start(&["--idle-timeout", "500ms", "--ping-interval", "10s"]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let (_, ended) = ana.until_closed().await;
     assert_eq!(ended, Ended::Closed(Some(1001)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn pongs_keep_a_connection_alive() {
-    let server = ServerProcess::start(&["--idle-timeout", "600ms", "--ping-interval", "100ms"]);
+    let server = InProcess::start(&["--idle-timeout", "600ms", "--ping-interval", "100ms"]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     // Reading lets the client answer the server's pings; that alone keeps it open.
     ana.expect_silence(Duration::from_millis(1500)).await;
@@ -303,9 +305,9 @@ async fn pongs_keep_a_connection_alive() {
     ana.expect_type("peer_joined").await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_socket_that_does_not_join_in_time_is_closed_with_1008() {
-    let server = ServerProcess::start(&["--join-timeout", "300ms"]);
+    let server = InProcess::start(&["--join-timeout", "300ms"]).await;
     let mut idle = server.connect().await;
     idle.send(json!({"type": "join", "room": "bad room"})).await; // a refused join does not count
     let (messages, ended) = idle.until_closed().await;
@@ -313,9 +315,9 @@ async fn a_socket_that_does_not_join_in_time_is_closed_with_1008() {
     assert_eq!(ended, Ended::Closed(Some(1008)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_client_that_does_not_read_is_closed_and_nobody_else_notices() {
-    let server = ServerProcess::start(&["--no-rate-limit", "--resume-grace", "1s"]);
+    let server = InProcess::start(&["--no-rate-limit", "--resume-grace", "1s"]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let (_sleepy, s) = server.join("lobby", "sleepy").await; // never reads again
     let (mut cy, c) = server.join("lobby", "cy").await;
@@ -348,18 +350,18 @@ async fn a_client_that_does_not_read_is_closed_and_nobody_else_notices() {
 
 #[tokio::test]
 async fn shutdown_closes_every_websocket_with_1001_and_exits_0() {
-    let mut server = ServerProcess::start(&[]);
+    let mut server = support::binary(&[]);
     let (mut ana, _) = server.join("lobby", "ana").await;
     let mut unjoined = server.connect().await;
-    server.signal(15);
+    server.signal("TERM");
     assert_eq!(ana.until_closed().await.1, Ended::Closed(Some(1001)));
     assert_eq!(unjoined.until_closed().await.1, Ended::Closed(Some(1001)));
-    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(0));
+    assert_eq!(server.wait_exit(Duration::from_secs(5)), Some(Some(0)));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn health_metrics_and_the_page_are_served() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     assert_eq!(server.http_get("/healthz").await, (200, "ok".to_owned()));
     let (status, page) = server.http_get("/").await;
     assert_eq!(status, 200);
@@ -370,9 +372,9 @@ async fn health_metrics_and_the_page_are_served() {
     assert_eq!(server.metric("switchboard_signals_relayed_total").await, 0.0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_flood_is_rate_limited_then_closed_while_a_polite_client_is_served() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut flood, _) = server.join("lobby", "flood").await;
     let (mut polite, p) = server.join("lobby", "polite").await;
     let (mut target, t) = server.join("lobby", "target").await;

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Client, ServerProcess, WAIT, sequence_of, signal_to};
+use support::{Client, Endpoint, InProcess, WAIT, sequence_of, signal_to};
 use tokio::net::TcpSocket;
 
 /// Reads `count` messages, which must all be signals, and returns their seqs.
@@ -19,9 +19,9 @@ async fn signal_seqs(client: &mut Client, count: usize) -> Vec<u64> {
     seqs
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn numbers_start_after_the_welcome_and_count_every_numbered_message() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut ana, welcome) = server.join("lobby", "ana").await;
     assert_eq!(welcome["seq"], 0, "a fresh welcome");
     let (mut bob, bob_welcome) = server.join("lobby", "bob").await;
@@ -38,9 +38,9 @@ async fn numbers_start_after_the_welcome_and_count_every_numbered_message() {
     assert_eq!(bob_welcome["seq"], 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_resume_with_last_seq_replays_exactly_the_unhandled_messages_in_order_once() {
-    let server = ServerProcess::start(&["--resume-grace", "10s"]);
+    let server = InProcess::start(&["--resume-grace", "10s"]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let (mut bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -67,9 +67,9 @@ async fn a_resume_with_last_seq_replays_exactly_the_unhandled_messages_in_order_
     assert_eq!(back.expect_type("signal").await["seq"], 9, "the counter continues");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_last_seq_ahead_of_the_server_replays_nothing_and_without_resume_it_is_ignored() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (mut ana, a) = server.join("lobby", "ana").await;
     let (mut bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -92,9 +92,9 @@ async fn a_last_seq_ahead_of_the_server_replays_nothing_and_without_resume_it_is
     let _ = a;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_negative_or_fractional_last_seq_is_bad_message() {
-    let server = ServerProcess::start(&[]);
+    let server = InProcess::start(&[]).await;
     let (_ana, a) = server.join("lobby", "ana").await;
     let mut client = server.connect().await;
     for bad in [json!(-1), json!(1.5), json!("3"), json!([])] {
@@ -108,10 +108,10 @@ async fn a_negative_or_fractional_last_seq_is_bad_message() {
     assert_eq!(client.expect_type("welcome").await["resumed"], true);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_stale_last_seq_gets_a_fresh_join_and_the_old_member_leaves() {
     // Written messages are retained between one and two grace periods.
-    let server = ServerProcess::start(&["--resume-grace", "300ms"]);
+    let server = InProcess::start(&["--resume-grace", "300ms"]).await;
     let (mut ana, _) = server.join("lobby", "ana").await;
     let (mut bob, b) = server.join("lobby", "bob").await;
     ana.expect_type("peer_joined").await;
@@ -144,15 +144,11 @@ fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// A client whose TCP connection comes from `source` (another loopback address).
-async fn connect_from(server: &ServerProcess, source: &str) -> Client {
+async fn connect_from(server: &Endpoint, source: &str) -> Client {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.bind(format!("{source}:0").parse().expect("address")).expect("bind to a loopback address");
     let stream = socket.connect(server.addr.parse().expect("server address")).await.expect("TCP connect");
-    let (ws, _) =
-        tokio_tungstenite::client_async(server.ws_url(), tokio_tungstenite::MaybeTlsStream::Plain(stream))
-            .await
-            .expect("upgrade");
-    Client { ws }
+    Client::over(stream, &server.ws_url()).await
 }
 
 fn offer_to(to: &Value, n: usize) -> Value {
@@ -169,7 +165,7 @@ fn offer_to(to: &Value, n: usize) -> Value {
 #[tokio::test]
 async fn offers_to_suspended_members_stop_at_the_queue_bound_and_others_are_served() {
     const BOUND: u64 = 16 << 20;
-    let server = ServerProcess::start(&["--max-queued-bytes", "16M", "--no-rate-limit"]);
+    let server = support::binary(&["--max-queued-bytes", "16M", "--no-rate-limit"]);
     let pid = server.pid();
     let rss_before = rss_bytes(pid);
     let mut targets = Vec::new();

@@ -173,7 +173,7 @@ impl Rooms {
     /// The connection is gone: its mirror (if any) is dropped, then the connection itself.
     pub fn disconnect_mirrored(&mut self, conn: ConnId, unwritten_from: Option<u64>) -> Option<Detached> {
         let detached = self.detach(conn, unwritten_from);
-        self.disconnect(conn, Instant::now(), None);
+        self.disconnect(conn, crate::clock::now(), None);
         detached
     }
 
@@ -264,7 +264,7 @@ mod tests {
 
     /// The seqs of the numbered messages written to `conn` so far (the welcome's own first).
     fn written(rooms: &mut Rooms, conn: ConnId) -> Vec<u64> {
-        let outbound = rooms.take_outbound(conn, Instant::now());
+        let outbound = rooms.take_outbound(conn, crate::clock::now());
         outbound
             .frames
             .iter()
@@ -299,7 +299,7 @@ mod tests {
             assert!(matches!(rooms.push_remote("m-1", seq, frame(seq)), Remote::Taken));
         }
         // The writer took 1..3 (and the welcome) but its write failed from seq 2 on.
-        let outbound = rooms.take_outbound(conn, Instant::now());
+        let outbound = rooms.take_outbound(conn, crate::clock::now());
         let failed_from = outbound.journal_from.map(|first| first + 1);
         let detached = rooms.disconnect_mirrored(conn, failed_from).expect("it served m-1");
         assert_eq!((detached.id.as_str(), detached.written), ("m-1", 1));
