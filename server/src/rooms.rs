@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use self::graces::Graces;
 pub use self::journal::Journal;
-pub use self::mirror::{Attach, Detached, Mirrored, Remote};
+pub use self::mirror::{Attach, Detached, LocalLogs, Mirrored, Remote};
 use crate::admission::Ticket;
 use crate::budget::SharedBudget;
 use crate::ids::{IdSource, PeerId, ResumeToken};
@@ -284,6 +284,8 @@ pub struct Rooms {
     trims: VecDeque<Trim>,
     /// Suspended members by the end of their grace, and their count.
     graces: Graces,
+    /// With `--redis`: signals relayed here while Redis was unreachable (`mirror.rs`).
+    local_logs: LocalLogs,
 }
 
 impl Rooms {
@@ -301,6 +303,7 @@ impl Rooms {
             queued,
             trims: VecDeque::new(),
             graces: Graces::default(),
+            local_logs: LocalLogs::default(),
         }
     }
 
@@ -319,6 +322,7 @@ impl Rooms {
             queued: self.queued.share(),
             trims: VecDeque::new(),
             graces: Graces::default(),
+            local_logs: LocalLogs::default(),
         }
     }
 

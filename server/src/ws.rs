@@ -404,7 +404,7 @@ impl<'a> Reader<'a> {
         let mut open = String::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
         push_signal_head(&mut |text| open.push_str(text), from);
         open.push_str(signal);
-        if let Err(refusal) = cluster.relay(self.place.conn(), room, from, to, open).await {
+        if let Err(refusal) = cluster.relay(self.shared, self.place.conn(), room, from, to, open).await {
             self.refuse(refusal);
         }
     }

@@ -298,8 +298,8 @@ fn when_an_instance_is_killed_those_who_resume_elsewhere_lose_nothing_and_the_re
 }
 
 /// Redis is killed and started again (empty). Meanwhile the instance keeps its connections,
-/// says 503 on /healthz and `switchboard_redis_up 0`, answers what needs Redis with
-/// `server_busy`; once Redis is back it closes the members Redis lost with 1012 and serves
+/// says 503 on /healthz and `switchboard_redis_up 0`, relays among its own members and answers
+/// what needs Redis with `server_busy`; once Redis is back it closes the members Redis lost with 1012 and serves
 /// joins again, by itself.
 #[test]
 fn an_instance_survives_redis_stopping_and_recovers_when_it_returns() {
@@ -307,15 +307,19 @@ fn an_instance_survives_redis_stopping_and_recovers_when_it_returns() {
         let mut redis = Redis::start().await;
         let (a, _b) = two_instances(&redis, &[]).await;
         let (mut ana, _) = Client::join(&a, "x", "ana").await;
-        let (_bob, bob_welcome) = Client::join(&a, "x", "bob").await;
+        let (mut bob, bob_welcome) = Client::join(&a, "x", "bob").await;
         ana.expect("peer_joined").await;
         assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 200"));
 
         redis.kill().await;
         a.wait_for_metric("switchboard_redis_up", 0.0).await;
         assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 503"), "healthz says it");
+        // Both on this instance: relayed here, numbered on.
         ana.send(signal_to(&bob_welcome["id"], 1)).await;
-        assert_eq!(ana.expect_error("server_busy").await["to"], bob_welcome["id"]);
+        let signal = bob.expect("signal").await;
+        assert_eq!((number_of(&signal), signal["seq"].as_u64()), (1, Some(1)));
+        ana.send(signal_to(&json!("elsewhere-1"), 1)).await;
+        assert_eq!(ana.expect_error("server_busy").await["to"], "elsewhere-1", "only Redis knows");
         let mut eve = Client::connect(&a).await;
         eve.send(json!({"type": "join", "room": "y", "name": "eve"})).await;
         eve.expect_error("server_busy").await;
@@ -326,6 +330,7 @@ fn an_instance_survives_redis_stopping_and_recovers_when_it_returns() {
         // Redis came back empty: ana's membership is gone, so her connection is closed (1012)
         // and she joins again.
         assert_eq!(ana.ended(WAIT).await, Ended::Closed(Some(1012)));
+        assert_eq!(bob.ended(WAIT).await, Ended::Closed(Some(1012)));
         eve.send(json!({"type": "join", "room": "y", "name": "eve"})).await;
         assert_eq!(eve.expect("welcome").await["resumed"], false);
         let (mut ana, again) = Client::join(&a, "x", "ana").await;
@@ -347,5 +352,89 @@ fn without_redis_reachable_at_start_the_server_still_starts_and_says_so() {
         let a = Server::start(&["--redis", &url]).await;
         assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 503"));
         assert_eq!(a.metric("switchboard_redis_up").await, 0.0);
+    });
+}
+
+/// Instance A loses Redis (a proxy between them is cut) while B keeps it. Ana and bob, both on
+/// A, go on signalling each other: every signal arrives once, in order, numbered on from where
+/// Redis left off; a signal to cy (on B) gets `server_busy`. Meanwhile cy signals bob through
+/// Redis (numbers Redis gives while A cannot hear it). When A reaches Redis again it writes its
+/// signals back: cy's arrive after them with the next numbers, and a resume of bob on B with a
+/// `last_seq` in the middle replays the rest exactly once, in order.
+#[test]
+fn members_of_an_instance_cut_off_from_redis_chat_locally_and_nothing_is_lost_when_it_returns() {
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let cut = tests::proxy::CuttingProxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+        let via_cut = format!("redis://{}/", cut.http_url().trim_start_matches("http://"));
+        let a = Server::start(&["--redis", &via_cut, "--resume-grace", "30s"]).await;
+        let b = Server::start(&["--redis", &redis.url(), "--resume-grace", "30s"]).await;
+        for server in [&a, &b] {
+            server.wait_for_metric("switchboard_redis_up", 1.0).await;
+        }
+        let (mut ana, ana_welcome) = Client::join(&a, "x", "ana").await;
+        let (mut bob, bob_welcome) = Client::join(&a, "x", "bob").await;
+        let (mut cy, cy_welcome) = Client::join(&b, "x", "cy").await;
+        let (ana_id, bob_id, cy_id) = (&ana_welcome["id"], &bob_welcome["id"], &cy_welcome["id"]);
+        assert_eq!(ana.expect("peer_joined").await["seq"], 1);
+        assert_eq!(ana.expect("peer_joined").await["seq"], 2);
+        assert_eq!(bob.expect("peer_joined").await["seq"], 1);
+        ana.send(signal_to(bob_id, 1)).await;
+        let first = bob.expect("signal").await;
+        assert_eq!((number_of(&first), first["seq"].as_u64()), (1, Some(2)));
+
+        cut.cut();
+        a.wait_for_metric("switchboard_redis_up", 0.0).await;
+        assert!(a.http_get("/healthz").await.starts_with("HTTP/1.1 503"));
+        for n in 2..=11 {
+            ana.send(signal_to(bob_id, n)).await;
+        }
+        for n in 1..=5 {
+            bob.send(signal_to(ana_id, 100 + n)).await;
+        }
+        for n in 2..=11 {
+            let signal = bob.expect("signal").await;
+            assert_eq!(signal["from"], *ana_id);
+            assert_eq!((number_of(&signal), signal["seq"].as_u64()), (n, Some(n + 1)), "{signal}");
+        }
+        for n in 1..=5 {
+            let signal = ana.expect("signal").await;
+            assert_eq!((number_of(&signal), signal["seq"].as_u64()), (100 + n, Some(2 + n)), "{signal}");
+        }
+        ana.send(signal_to(cy_id, 1)).await;
+        assert_eq!(ana.expect_error("server_busy").await["to"], *cy_id, "cy is on the other instance");
+        // Redis numbers these for bob while A cannot hear it.
+        cy.send(signal_to(bob_id, 200)).await;
+        cy.send(signal_to(bob_id, 201)).await;
+        bob.expect_silence(Duration::from_millis(500)).await;
+
+        cut.restore();
+        a.wait_for_metric("switchboard_redis_up", 1.0).await;
+        for (n, seq) in [(200, 13), (201, 14)] {
+            let signal = bob.expect("signal").await;
+            assert_eq!(signal["from"], *cy_id);
+            assert_eq!((number_of(&signal), signal["seq"].as_u64()), (n, Some(seq)), "after the local ones");
+        }
+        ana.send(signal_to(bob_id, 12)).await;
+        assert_eq!(bob.expect("signal").await["seq"], 15);
+        cy.send(signal_to(bob_id, 202)).await;
+        assert_eq!(bob.expect("signal").await["seq"], 16);
+        ana.send(signal_to(cy_id, 2)).await;
+        let to_cy = cy.expect("signal").await;
+        assert_eq!((number_of(&to_cy), to_cy["from"].clone()), (2, ana_id.clone()));
+
+        // Bob's client handled up to seq 7 (signal 6) when its socket died; it resumes on B.
+        drop(bob);
+        let (mut back, welcome) = Client::resume(&b, "x", &bob_welcome, 7).await;
+        assert_eq!((welcome["resumed"].clone(), welcome["seq"].clone()), (json!(true), json!(7)));
+        let mut replayed = Vec::new();
+        for _ in 8..=16 {
+            let signal = back.expect("signal").await;
+            replayed.push((signal["seq"].as_u64().expect("seq"), number_of(&signal)));
+        }
+        let expected: Vec<(u64, u64)> = (8..=16).zip([7, 8, 9, 10, 11, 200, 201, 12, 202]).collect();
+        assert_eq!(replayed, expected, "every message after last_seq, once, in order");
+        back.expect_silence(Duration::from_millis(500)).await;
+        ana.expect_silence(Duration::from_millis(100)).await;
     });
 }

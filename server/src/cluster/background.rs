@@ -60,6 +60,12 @@ async fn keep(shared: Arc<Shared>, cluster: Arc<Cluster>) {
                 continue;
             }
         };
+        // Every beat: a signal relayed here just before the instance noticed Redis was back
+        // has a log too.
+        if let Err(error) = write_back(&shared, &cluster).await {
+            tracing::warn!(%error, "could not write back the signals relayed while Redis was unreachable");
+            continue;
+        }
         if !was_known || !cluster.redis_up() {
             if let Err(error) = reconcile(&shared, &cluster).await {
                 tracing::warn!(%error, "could not re-register this instance's members");
@@ -78,6 +84,27 @@ async fn keep(shared: Arc<Shared>, cluster: Arc<Cluster>) {
             Err(error) => tracing::warn!(%error, "sweep failed"),
         }
     }
+}
+
+/// Hands Redis the signals relayed here while it was unreachable (`Rooms::relay_locally`,
+/// `lua/writeback.lua`), member by member; each member's stream is then read from the number
+/// its mirror expects. A log that could not be written stays sealed (no more is added to it)
+/// and is sent again, the same, at the next beat.
+async fn write_back(shared: &Shared, cluster: &Cluster) -> anyhow::Result<()> {
+    let mut logs = Vec::new();
+    shared.rooms.for_each(|rooms| logs.extend(rooms.seal_local_logs()));
+    for log in logs {
+        let mut invocation = cluster.scripts.writeback.prepare_invoke();
+        invocation.arg(log.room.as_str()).arg(log.id.as_str()).arg(cluster.session(log.conn)).arg(log.first);
+        for frame in &log.frames {
+            invocation.arg(frame.as_str());
+        }
+        let outcome: String = invocation.invoke_async(&mut cluster.redis.clone()).await?;
+        tracing::info!(peer = %log.id, signals = log.frames.len(), %outcome, "signals relayed while Redis was unreachable, written back");
+        shared.rooms.lock_room(&log.room).written_back(&log.id);
+        cluster.request_catch_up(&log.id, &log.room);
+    }
+    Ok(())
 }
 
 /// Tells Redis which members this instance serves; closes those Redis no longer has (1012: the
@@ -190,7 +217,7 @@ fn after_push(shared: &Shared, cluster: &Arc<Cluster>, room: &RoomName, id: &str
             let cluster = Arc::clone(cluster);
             shared.tasks.spawn(async move { cluster.suspend(detached).await });
         }
-        Remote::Taken | Remote::Stale | Remote::Absent => {}
+        Remote::Taken | Remote::Stale | Remote::Absent | Remote::Held => {}
     }
 }
 
@@ -265,7 +292,7 @@ async fn catch_up_member(
                     tracing::warn!(peer = %id, next, "messages trimmed from the stream before delivery");
                     return Ok(());
                 }
-                Remote::Absent | Remote::Overflow(_) => {
+                Remote::Absent | Remote::Held | Remote::Overflow(_) => {
                     after_push(shared, cluster, room, id.as_str(), outcome);
                     return Ok(());
                 }

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 pub use self::background::start;
 use self::scripts::{Scripts, list, number, pairs, text};
 use crate::ids::{IdSource, PeerId, ResumeToken};
-use crate::outbox::Frame;
+use crate::outbox::{Frame, OpenFrame};
 use crate::refusal::Refusal;
 use crate::rooms::{Attach, CloseRequest, ConnId, Detached, JoinRequest, Joined};
 use crate::shards::Placement;
@@ -285,14 +285,28 @@ impl Cluster {
 
     /// Relays a signal frame (`open`: the JSON object without its closing brace, no seq) from the
     /// member on `conn` to `to`.
+    ///
+    /// While Redis is unreachable, a signal between two members connected here is relayed here
+    /// (`Rooms::relay_locally`) and written back to Redis when it returns (`background.rs`).
     pub async fn relay(
-        &self,
+        self: &Arc<Self>,
+        shared: &Shared,
         conn: ConnId,
         room: &RoomName,
         from: &PeerId,
         to: &str,
         open: String,
     ) -> Result<(), Refusal> {
+        if !self.redis_up() {
+            let mut frame = OpenFrame::with_capacity(open.len());
+            frame.push_str(&open);
+            let detached = shared.rooms.lock_room(room).relay_locally(conn, from, to, frame)?;
+            if let Some(detached) = detached {
+                let cluster = Arc::clone(self);
+                shared.tasks.spawn(async move { cluster.suspend(detached).await });
+            }
+            return Ok(());
+        }
         let (answer, answered) = oneshot::channel();
         let args =
             [room.as_str().to_owned(), from.as_str().to_owned(), self.session(conn), to.to_owned(), open];

@@ -21,6 +21,7 @@ pub struct Scripts {
     pub beat: Script,
     pub sweep: Script,
     pub reconcile: Script,
+    pub writeback: Script,
 }
 
 impl Scripts {
@@ -34,6 +35,7 @@ impl Scripts {
             beat: script!("beat.lua"),
             sweep: script!("sweep.lua"),
             reconcile: script!("reconcile.lua"),
+            writeback: script!("writeback.lua"),
         }
     }
 }

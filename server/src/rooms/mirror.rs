@@ -37,6 +37,10 @@ pub enum Remote {
     Gap { next: u64 },
     /// The member is not served here (any more).
     Absent,
+    /// The member got signals numbered here while Redis was unreachable: Redis' numbers from
+    /// the first of those on are given again when they are written back (dropped now; the
+    /// write-back renumbers them after the local ones and the stream brings them).
+    Held,
     /// The member's client does not read: its connection is closed (1008) and the mirror
     /// dropped; Redis must hold the member in grace.
     Overflow(Detached),
@@ -51,6 +55,36 @@ pub struct Detached {
     pub conn: ConnId,
     /// The latest seq the connection's writer surely wrote (for a resume without `last_seq`).
     pub written: u64,
+}
+
+/// Signals relayed on this instance while Redis was unreachable, by recipient. Redis numbers a
+/// member's messages; cut off from it, the instance numbers them itself, going on from the last
+/// number Redis gave it (`first`), and keeps them here until they are written back to the
+/// member's stream. Whatever Redis numbered meanwhile for that member from `first` on has not
+/// been delivered (see [`Remote::Held`]); the write-back puts it after the local ones.
+pub type LocalLogs = FastMap<PeerId, LocalLog>;
+
+#[derive(Debug)]
+pub struct LocalLog {
+    room: RoomName,
+    /// The connection the member was on when the first was relayed (its `session` in Redis).
+    conn: ConnId,
+    /// The seq of `frames[0]`; the rest follow one by one.
+    first: u64,
+    frames: Vec<Frame>,
+    bytes: usize,
+    /// Being written back: no more may be added (a retried write-back must send the same).
+    sealed: bool,
+}
+
+/// A member's local log on its way to Redis.
+#[derive(Debug, Clone)]
+pub struct WriteBack {
+    pub id: PeerId,
+    pub room: RoomName,
+    pub conn: ConnId,
+    pub first: u64,
+    pub frames: Vec<Frame>,
 }
 
 /// A member served here, as Redis should know it.
@@ -118,6 +152,9 @@ impl Rooms {
 
     /// A message Redis numbered `seq` for the member `id`.
     pub fn push_remote(&mut self, id: &str, seq: u64, frame: Frame) -> Remote {
+        if self.local_logs.contains_key(id) {
+            return Remote::Held;
+        }
         let Some(member) = self.members.get_mut(id) else { return Remote::Absent };
         let Link::Connected(conn) = member.link else { return Remote::Absent };
         let next = member.journal.next_seq();
@@ -145,6 +182,102 @@ impl Rooms {
                 }
             }
         }
+    }
+
+    /// A signal between two members served here while Redis is unreachable: numbered with the
+    /// recipient's next seq, queued for it and logged for the write-back. Anything else needs
+    /// Redis (`server_busy`). `Ok(Some(_))`: the recipient does not read its socket; it was
+    /// closed (1008) and must be held in grace (the signal is logged, so a resume replays it).
+    pub fn relay_locally(
+        &mut self,
+        conn: ConnId,
+        from: &PeerId,
+        to: &str,
+        frame: OpenFrame,
+    ) -> Result<Option<Detached>, Refusal> {
+        let refuse = |code, text: &str| Err(Refusal::new(code, text).about_signal_to(Some(to)));
+        if self.conns.get(&conn).and_then(|c| c.member.as_ref()) != Some(from) {
+            return refuse(ErrorCode::NotJoined, "this connection no longer holds its membership");
+        }
+        if to == from.as_str() {
+            return refuse(ErrorCode::UnknownPeer, "you cannot signal yourself");
+        }
+        let busy = "the service cannot reach its shared state (Redis) right now and that peer is not \
+                    connected to this server; try again shortly";
+        let sender_room = self.members.get(from).map(|m| m.room.clone());
+        let Some((id, member)) = self.members.get_key_value(to) else {
+            return refuse(ErrorCode::ServerBusy, busy);
+        };
+        let Link::Connected(target_conn) = member.link else { return refuse(ErrorCode::ServerBusy, busy) };
+        if Some(&member.room) != sender_room.as_ref() {
+            return refuse(ErrorCode::ServerBusy, busy);
+        }
+        let (id, room, next) = (id.clone(), member.room.clone(), member.journal.next_seq());
+        let retention = self.config.retention();
+        let log = self.local_logs.entry(id.clone()).or_insert_with(|| LocalLog {
+            room,
+            conn: target_conn,
+            first: next,
+            frames: Vec::new(),
+            bytes: 0,
+            sealed: false,
+        });
+        let frame = frame.stamp(log.first + log.frames.len() as u64);
+        let size = cost(&frame);
+        if log.sealed
+            || log.frames.len() >= retention.frames
+            || log.bytes + size > retention.bytes
+            || self.queued.bytes() + 2 * size > self.queued.limit()
+        {
+            return refuse(
+                ErrorCode::ServerBusy,
+                "the service cannot reach its shared state (Redis) right now and holds as many \
+                 signals as it may for it; try again shortly",
+            );
+        }
+        debug_assert_eq!(log.first + log.frames.len() as u64, next, "the log follows the journal");
+        log.frames.push(frame.clone());
+        log.bytes += size;
+        self.signals_relayed += 1;
+        let Some(member) = self.members.get_mut(&id) else { return Ok(None) };
+        match member.journal.push_numbered(frame, self.config.outbox, &mut self.queued) {
+            Ok(()) => {
+                member.journal.trim(0, retention, &mut self.queued);
+                if let Some(connection) = self.conns.get(&target_conn) {
+                    connection.wake.notify_one();
+                }
+                Ok(None)
+            }
+            Err(_) => {
+                tracing::warn!(peer = %id, "client is not reading its socket: closing it (1008)");
+                self.close(target_conn, CloseRequest::immediate(close_code::POLICY, "not reading"));
+                Ok(self.detach(target_conn, None))
+            }
+        }
+    }
+
+    /// Every local log, sealed: what must be written back to Redis before this instance serves
+    /// as part of the service again.
+    pub fn seal_local_logs(&mut self) -> Vec<WriteBack> {
+        self.local_logs
+            .iter_mut()
+            .map(|(id, log)| {
+                log.sealed = true;
+                WriteBack {
+                    id: id.clone(),
+                    room: log.room.clone(),
+                    conn: log.conn,
+                    first: log.first,
+                    frames: log.frames.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Redis has the member's local log (or no longer has the member): it is dropped, and
+    /// Redis' numbers reach the mirror again.
+    pub fn written_back(&mut self, id: &PeerId) {
+        self.local_logs.remove(id);
     }
 
     /// The connection's socket is gone (or given up): its mirror is dropped. Returns what Redis
@@ -319,5 +452,38 @@ mod tests {
         assert_eq!(rooms.close_requested(conn).map(|c| c.code), Some(close_code::REPLACED));
         assert_eq!(rooms.stats().members, 0);
         assert!(rooms.disconnect_mirrored(conn, None).is_none(), "Redis already moved it");
+    }
+
+    fn open_signal(from: &str) -> OpenFrame {
+        OpenFrame::from_object(format!(r#"{{"type":"signal","from":"{from}","signal":{{}}}}"#))
+    }
+
+    #[test]
+    fn cut_off_from_redis_members_here_are_numbered_on_and_redis_numbers_wait_for_the_write_back() {
+        let mut rooms = Rooms::new(RoomsConfig::default());
+        let ana = attach_new(&mut rooms, "m-1", 0, &[]);
+        let bob = attach_new(&mut rooms, "m-2", 0, &[]);
+        written(&mut rooms, ana);
+        written(&mut rooms, bob);
+        assert!(matches!(rooms.push_remote("m-2", 1, frame(1)), Remote::Taken));
+        let (ana_id, bob_id) = (PeerId::made_elsewhere("m-1"), PeerId::made_elsewhere("m-2"));
+        for _ in 0..3 {
+            assert!(rooms.relay_locally(ana, &ana_id, "m-2", open_signal("m-1")).expect("relayed").is_none());
+        }
+        assert_eq!(written(&mut rooms, bob), [1, 2, 3, 4], "numbered on from Redis' last (1)");
+        // Redis' own numbers for bob from 2 on never reached him: they wait for the write-back.
+        assert!(matches!(rooms.push_remote("m-2", 2, frame(2)), Remote::Held));
+        let refused = rooms.relay_locally(ana, &ana_id, "m-9", open_signal("m-1")).expect_err("elsewhere");
+        assert_eq!(refused.code, ErrorCode::ServerBusy);
+        let refused = rooms.relay_locally(ana, &ana_id, "m-1", open_signal("m-1")).expect_err("self");
+        assert_eq!(refused.code, ErrorCode::UnknownPeer);
+        let logs = rooms.seal_local_logs();
+        assert_eq!(logs.len(), 1);
+        assert_eq!((logs[0].id.as_str(), logs[0].first, logs[0].frames.len()), ("m-2", 2, 3));
+        let sealed = rooms.relay_locally(ana, &ana_id, "m-2", open_signal("m-1")).expect_err("sealed");
+        assert_eq!(sealed.code, ErrorCode::ServerBusy, "nothing is added to a log being written back");
+        rooms.written_back(&bob_id);
+        assert!(matches!(rooms.push_remote("m-2", 5, frame(5)), Remote::Taken));
+        assert_eq!(written(&mut rooms, bob), [5]);
     }
 }

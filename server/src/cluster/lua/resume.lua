@@ -20,6 +20,12 @@ local start
 if last == '' then
   start = tonumber(f[5]) + 1
 elseif tonumber(last) >= latest then
+  -- Above the latest: numbers this client may have had from an instance cut off from Redis
+  -- (writeback.lua), not known here. Go on after them, so that none is given twice.
+  if tonumber(last) > latest then
+    latest = tonumber(last)
+    redis.call('HSET', m, 'seq', latest)
+  end
   start = latest + 1
 else
   start = tonumber(last) + 1
