@@ -109,6 +109,33 @@ impl Budget {
     }
 }
 
+/// What is left of a member's budget, to carry it to another instance (`crate::cluster`): the
+/// tokens of each bucket (messages, bytes, refusals) when it was taken.
+pub type Tokens = [f64; 3];
+
+impl Budget {
+    /// The tokens left now (refilled up to `now`); `None` without a rate limit.
+    fn tokens(&mut self, now: Instant) -> Option<Tokens> {
+        let buckets = self.buckets.as_mut()?;
+        Some(buckets.each_mut().map(|bucket| {
+            bucket.refill(now);
+            bucket.tokens
+        }))
+    }
+
+    /// A budget going on from `tokens`, taken `age` ago (refilled for that long).
+    fn resumed(limit: Option<RateLimit>, tokens: Tokens, age: std::time::Duration, now: Instant) -> Self {
+        let mut budget = Self::new(limit, now);
+        if let Some(buckets) = &mut budget.buckets {
+            for (bucket, left) in buckets.iter_mut().zip(tokens) {
+                let refilled = left + age.as_secs_f64() * bucket.per_sec;
+                bucket.tokens = refilled.min(bucket.capacity);
+            }
+        }
+        budget
+    }
+}
+
 /// A budget that outlives the connection that spends it: a member's, which its next connection
 /// (a resume, or a connection that replaces it) goes on spending, so that dropping and resuming
 /// never starts a fresh one. Only the member's current reader charges it, so the lock is free.
@@ -122,6 +149,16 @@ impl SharedBudget {
 
     pub fn charge(&self, bytes: usize, now: Instant) -> Verdict {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).charge(bytes, now)
+    }
+
+    /// What is left now, to hand to another instance.
+    pub fn tokens(&self, now: Instant) -> Option<Tokens> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).tokens(now)
+    }
+
+    /// A member's budget carried from another instance: `tokens` left `age` ago.
+    pub fn resumed(limit: Option<RateLimit>, tokens: Tokens, age: std::time::Duration, now: Instant) -> Self {
+        Self(Arc::new(Mutex::new(Budget::resumed(limit, tokens, age, now))))
     }
 }
 
@@ -168,6 +205,24 @@ mod tests {
         let mut budget = Budget::new(Some(limit), start);
         assert_eq!(budget.charge(800, start), Verdict::Allowed);
         assert_eq!(budget.charge(800, start), Verdict::Refused);
+    }
+
+    #[test]
+    fn a_carried_budget_goes_on_where_it_was_refilled_for_its_age() {
+        let start = Instant::now();
+        let limit = Some(RateLimit { messages_per_sec: 10.0, ..RateLimit::default() });
+        let spent = SharedBudget::new(limit, start);
+        while spent.charge(10, start) == Verdict::Allowed {}
+        let tokens = spent.tokens(start).expect("limited");
+        assert!(tokens[0] < 1.0);
+        let carried = SharedBudget::resumed(limit, tokens, Duration::ZERO, start);
+        assert_eq!(carried.charge(10, start), Verdict::Refused, "no fresh budget");
+        let later = SharedBudget::resumed(limit, tokens, Duration::from_secs(1), start);
+        for _ in 0..10 {
+            assert_eq!(later.charge(10, start), Verdict::Allowed, "refilled for its age");
+        }
+        assert_eq!(later.charge(10, start), Verdict::Refused);
+        assert!(SharedBudget::new(None, start).tokens(start).is_none());
     }
 
     #[test]

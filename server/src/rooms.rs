@@ -29,7 +29,7 @@ use self::graces::Graces;
 pub use self::journal::Journal;
 pub use self::mirror::{Attach, Detached, LocalLogs, Mirrored, Remote};
 use crate::admission::Ticket;
-use crate::budget::SharedBudget;
+use crate::budget::{SharedBudget, Tokens};
 use crate::ids::{IdSource, PeerId, ResumeToken};
 use crate::outbox::{Bound, Frame, OpenFrame, Outbox, Overflow, QueuedBytes, cost};
 use crate::refusal::Refusal;

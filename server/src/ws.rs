@@ -242,6 +242,13 @@ impl<'a> Reader<'a> {
                 // cannot be repeated, and refusing it would keep the member in grace.
                 Verdict::Refused if self.member.is_some() && is_leave(&message) => {}
                 Verdict::Refused => {
+                    if let (Some(cluster), Some(id), Some(room)) =
+                        (&self.shared.cluster, &self.member, &self.room)
+                    {
+                        // Before the refusal is sent: a resume elsewhere finds the spent budget.
+                        let tokens = self.budget.tokens(now);
+                        Box::pin(cluster.store_budget(self.place.conn(), room, id, tokens)).await;
+                    }
                     let to = match &message {
                         Message::Text(text) => match inbound::parse(text) {
                             Ok(Request::Signal { to, .. }) => Some(to.into_owned()),

@@ -438,3 +438,39 @@ fn members_of_an_instance_cut_off_from_redis_chat_locally_and_nothing_is_lost_wh
         ana.expect_silence(Duration::from_millis(100)).await;
     });
 }
+
+/// PROTOCOL.md: a resume continues the member's rate budget. Bob spends his on B (no refill:
+/// `--rate-per-sec 0`), drops and resumes on A at once: his signals there are still refused.
+#[test]
+fn a_member_s_spent_rate_budget_follows_it_to_the_other_instance() {
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let (a, b) = two_instances(&redis, &["--rate-burst", "20", "--rate-per-sec", "0"]).await;
+        let (mut ana, ana_welcome) = Client::join(&a, "x", "ana").await;
+        let (mut bob, bob_welcome) = Client::join(&b, "x", "bob").await;
+        ana.expect("peer_joined").await;
+        for n in 1..=25 {
+            bob.send(signal_to(&ana_welcome["id"], n)).await;
+        }
+        let (mut relayed, mut refused) = (0, 0);
+        while refused == 0 {
+            match bob.try_recv(WAIT).await {
+                Some(message) if message["code"] == "rate_limited" => refused += 1,
+                Some(message) => panic!("unexpected {message}"),
+                None => panic!("never rate_limited"),
+            }
+        }
+        while ana.try_recv(Duration::from_millis(500)).await.is_some() {
+            relayed += 1;
+        }
+        assert_eq!(relayed, 19, "the burst less the join");
+        drop(bob);
+        let (mut back, welcome) = Client::resume(&a, "x", &bob_welcome, 0).await;
+        assert_eq!(welcome["resumed"], true);
+        for n in 100..103 {
+            back.send(signal_to(&ana_welcome["id"], n)).await;
+            assert_eq!(back.expect_error("rate_limited").await["to"], ana_welcome["id"], "no fresh budget");
+        }
+        ana.expect_silence(Duration::from_millis(300)).await;
+    });
+}

@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use self::background::start;
 use self::scripts::{Scripts, list, number, pairs, text};
+use crate::budget::{RateLimit, SharedBudget, Tokens};
 use crate::ids::{IdSource, PeerId, ResumeToken};
 use crate::outbox::{Frame, OpenFrame};
 use crate::refusal::Refusal;
@@ -74,6 +75,22 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster").field("instance", &self.instance).finish_non_exhaustive()
     }
+}
+
+/// A budget's tokens as Redis keeps them (read back by [`carried_budget`]).
+fn budget_text(tokens: Tokens) -> String {
+    format!("{},{},{}", tokens[0], tokens[1], tokens[2])
+}
+
+/// A member's budget as the suspend script stored it (`"messages,bytes,refusals"`, the tokens
+/// left) and how long ago; `None` if there is none or it does not read as one.
+fn carried_budget(stored: &str, age_ms: u64) -> Option<(Tokens, Duration)> {
+    let mut tokens = [0.0; 3];
+    let mut parts = stored.split(',');
+    for slot in &mut tokens {
+        *slot = parts.next()?.parse::<f64>().ok().filter(|t| t.is_finite())?;
+    }
+    parts.next().is_none().then_some((tokens, Duration::from_millis(age_ms)))
 }
 
 /// A Redis failure, as a client sees it.
@@ -147,11 +164,12 @@ impl Cluster {
         let cap_reached = shared.rooms.lock_for_room(place, &request.room).room_cap_reached(&request.room);
         let (placed_tx, placed) = oneshot::channel();
         let cluster = Arc::clone(self);
+        let rate_limit = shared.config.rate_limit;
         shared.tasks.spawn(async move {
-            let outcome = cluster.place(conn, request, authorized, cap_reached).await;
+            let outcome = cluster.place(conn, request, authorized, cap_reached, rate_limit).await;
             if let Err(Ok(attach)) = placed_tx.send(outcome) {
                 let (id, room, written) = (attach.id, attach.room, attach.welcome_seq);
-                cluster.suspend(Detached { id, room, conn, written }).await;
+                cluster.suspend(Detached { id, room, conn, written, budget: None }).await;
             }
         });
         let attach = placed.await.unwrap_or_else(|_| Err(busy(&"join interrupted")))?;
@@ -163,7 +181,8 @@ impl Cluster {
             self.request_catch_up(&id, &room);
         } else {
             let cluster = Arc::clone(self);
-            shared.tasks.spawn(async move { cluster.suspend(Detached { id, room, conn, written }).await });
+            let detached = Detached { id, room, conn, written, budget: None };
+            shared.tasks.spawn(async move { cluster.suspend(detached).await });
         }
         Ok(joined)
     }
@@ -175,10 +194,12 @@ impl Cluster {
         request: JoinRequest,
         authorized: bool,
         cap_reached: bool,
+        rate_limit: Option<RateLimit>,
     ) -> Result<Attach, Refusal> {
         let session = self.session(conn);
         if let Some(token) = &request.resume
-            && let Some(attach) = self.resume(&request, token, &session).await.map_err(|e| busy(&e))?
+            && let Some(attach) =
+                self.resume(&request, token, &session, rate_limit).await.map_err(|e| busy(&e))?
         {
             return Ok(attach);
         }
@@ -234,6 +255,7 @@ impl Cluster {
             resumed: false,
             welcome_seq: 0,
             backlog: Vec::new(),
+            budget: None,
         })
     }
 
@@ -245,6 +267,7 @@ impl Cluster {
         request: &JoinRequest,
         token: &str,
         session: &str,
+        rate_limit: Option<RateLimit>,
     ) -> anyhow::Result<Option<Attach>> {
         let new_token = ResumeToken::fresh().to_string();
         let reply: redis::Value = self
@@ -272,6 +295,8 @@ impl Cluster {
         let welcome_seq = number(field(3)?)?;
         let peers = pairs(field(4)?)?.into_iter().map(|(id, name)| PeerInfo { id, name }).collect();
         let backlog = list(field(5)?)?.iter().map(|v| text(v).map(Frame::from)).collect::<Result<_, _>>()?;
+        let budget = carried_budget(&text(field(6)?)?, number(field(7)?)?)
+            .map(|(tokens, age)| SharedBudget::resumed(rate_limit, tokens, age, crate::clock::now()));
         Ok(Some(Attach {
             id,
             room: request.room.clone(),
@@ -280,6 +305,7 @@ impl Cluster {
             resumed: true,
             welcome_seq,
             backlog,
+            budget,
         }))
     }
 
@@ -359,6 +385,25 @@ impl Cluster {
         }
     }
 
+    /// Stores what is left of a member's rate budget, so that a resume on any instance goes on
+    /// with it (PROTOCOL.md: a resume continues the member's budget). Called when the member
+    /// goes over budget; its connection's end stores it too (`suspend`).
+    pub async fn store_budget(&self, conn: ConnId, room: &RoomName, id: &PeerId, tokens: Option<Tokens>) {
+        let Some(tokens) = tokens.filter(|_| self.redis_up()) else { return };
+        let result: Result<i64, _> = self
+            .scripts
+            .budget
+            .arg(room.as_str())
+            .arg(id.as_str())
+            .arg(self.session(conn))
+            .arg(budget_text(tokens))
+            .invoke_async(&mut self.redis.clone())
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, peer = %id, "could not store the member's rate budget in Redis");
+        }
+    }
+
     /// Tells Redis that a member's connection ended without `leave`.
     async fn suspend(&self, detached: Detached) {
         let result: Result<i64, _> = self
@@ -369,6 +414,7 @@ impl Cluster {
             .arg(self.session(detached.conn))
             .arg(detached.written)
             .arg(self.grace_ms())
+            .arg(detached.budget.map(budget_text).unwrap_or_default())
             .invoke_async(&mut self.redis.clone())
             .await;
         if let Err(error) = result {

@@ -22,6 +22,7 @@ pub struct Scripts {
     pub sweep: Script,
     pub reconcile: Script,
     pub writeback: Script,
+    pub budget: Script,
 }
 
 impl Scripts {
@@ -36,6 +37,7 @@ impl Scripts {
             sweep: script!("sweep.lua"),
             reconcile: script!("reconcile.lua"),
             writeback: script!("writeback.lua"),
+            budget: script!("budget.lua"),
         }
     }
 }

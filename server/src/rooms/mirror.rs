@@ -23,6 +23,8 @@ pub struct Attach {
     pub welcome_seq: u64,
     /// Every message after `welcome_seq` that Redis already holds, in order.
     pub backlog: Vec<Frame>,
+    /// The member's rate budget as it was left on its last connection (a resume), if Redis has it.
+    pub budget: Option<SharedBudget>,
 }
 
 /// What became of a message from Redis.
@@ -55,6 +57,8 @@ pub struct Detached {
     pub conn: ConnId,
     /// The latest seq the connection's writer surely wrote (for a resume without `last_seq`).
     pub written: u64,
+    /// What was left of the member's rate budget, for its next connection wherever it is.
+    pub budget: Option<Tokens>,
 }
 
 /// Signals relayed on this instance while Redis was unreachable, by recipient. Redis numbers a
@@ -112,7 +116,7 @@ impl Rooms {
         // Resumed here while its old connection (also here) is still open: that one is replaced.
         self.replace_connection(&attach.id);
         self.forget(&attach.id);
-        let Attach { id, room, peers, resume_token, resumed, welcome_seq, backlog } = attach;
+        let Attach { id, room, peers, resume_token, resumed, welcome_seq, backlog, budget } = attach;
         let mut journal = Journal::starting_at(welcome_seq + 1);
         let retention = self.config.retention();
         let mut overflowed = false;
@@ -136,7 +140,7 @@ impl Rooms {
                 // Redis keeps a mirrored member's token; this one is in no index.
                 resume_token: ResumeToken::fresh(),
                 link: Link::Connected(conn),
-                held: Held::default(),
+                held: Held { ticket: None, budget },
                 journal,
                 trim_due: false,
             },
@@ -298,6 +302,7 @@ impl Rooms {
             room: member.room.clone(),
             conn,
             written: member.journal.written_seq(),
+            budget: member.held.budget.as_ref().and_then(|b| b.tokens(crate::clock::now())),
         };
         self.forget(&id);
         Some(detached)
@@ -386,6 +391,7 @@ mod tests {
             resumed: welcome_seq > 0,
             welcome_seq,
             backlog: backlog.iter().map(|seq| frame(*seq)).collect(),
+            budget: None,
         };
         assert!(rooms.attach(conn, attach));
         conn

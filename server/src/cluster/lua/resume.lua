@@ -1,8 +1,9 @@
 -- A join with a resume token. ARGV: room, token, last_seq ("" when absent), instance, session,
 -- new token. Returns {"none"} (unknown token: join fresh), {"trimmed"} (the messages after
 -- last_seq are gone: the member ended, join fresh) or
--- {"ok", id, name, welcome seq, {peer id, name, ...}, {frame, ...}} where the frames are every
--- message from welcome seq + 1 on, in order. The connection the member was on, wherever it is,
+-- {"ok", id, name, welcome seq, {peer id, name, ...}, {frame, ...}, budget, age} where the frames
+-- are every message from welcome seq + 1 on, in order, and budget is what was left of the
+-- member's rate budget when its last connection ended, age ms ago ("" and 0 if not known). The connection the member was on, wherever it is,
 -- is told to close (4000).
 local room, token, last, instance, session, new_token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local P = prefix(room)
@@ -11,7 +12,7 @@ if not id then
   return {'none'}
 end
 local m = P .. 'm:' .. id
-local f = redis.call('HMGET', m, 'name', 'owner', 'session', 'seq', 'written')
+local f = redis.call('HMGET', m, 'name', 'owner', 'session', 'seq', 'written', 'budget', 'budget_at')
 if not f[1] then
   return {'none'}
 end
@@ -61,4 +62,8 @@ for _, other in ipairs(redis.call('ZRANGE', P .. 'members', 0, -1)) do
     others[#others + 1] = other
   end
 end
-return {'ok', id, f[1], first - 1, peers_of(P, others), frames}
+local budget, age = f[6] or '', 0
+if f[7] then
+  age = math.max(0, now_ms() - tonumber(f[7]))
+end
+return {'ok', id, f[1], first - 1, peers_of(P, others), frames, budget, age}
