@@ -156,22 +156,14 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The real server on a free loopback port, and its WebSocket URL.
-async fn start_server(bin: &std::path::Path) -> Result<(Child, String)> {
-    let mut server = Command::new(bin.join("server"))
-        .args(["--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}/server (build it with --release first)", bin.display()))?;
-    let mut lines = BufReader::new(server.stdout.take().context("no stdout")?).lines();
-    let url = loop {
-        let line = lines.next_line().await?.context("server exited")?;
-        if let Some(rest) = line.strip_prefix("listening on http://") {
-            break format!("ws://{rest}/ws");
-        }
-    };
+/// The real server on a free loopback port (started by the test-support crate, as every suite
+/// starts it), and its WebSocket URL.
+async fn start_server(bin: &std::path::Path) -> Result<(testkit::ServerProcess, String)> {
+    let launch = testkit::Launch::new(bin.join("server")).quiet();
+    let server = tokio::task::spawn_blocking(move || launch.start())
+        .await?
+        .map_err(|e| anyhow!("{e} (build the server with --release first)"))?;
+    let url = server.ws_url();
     Ok((server, url))
 }
 

@@ -1,23 +1,21 @@
-//! The real `server` binary, on a free loopback port.
+//! The real `server` binary, on a free loopback port, started by the one test-support crate
+//! (`testkit`); this wraps it in the async calls the end-to-end tests use.
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use testkit::{Launch, ServerProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bins::bin_path;
-
-/// How long the server may take to print its `listening on` line.
-const START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A running `server` process. Killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Server {
-    child: Option<Child>,
+    /// Always `Some` between calls; taken only while a blocking start runs off the runtime.
+    process: Option<ServerProcess>,
     addr: SocketAddr,
-    extra_args: Vec<String>,
+    killed: bool,
 }
 
 impl Server {
@@ -26,17 +24,22 @@ impl Server {
     /// `extra_args` are passed as they are, e.g. `&["--resume-grace", "2s"]` or
     /// `&["--web-dir", "web"]`. Panics when the server does not come up.
     pub async fn start(extra_args: &[&str]) -> Server {
-        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn("127.0.0.1:0", &extra_args).await;
-        Server { child: Some(child), addr, extra_args }
+        Self::start_on("127.0.0.1:0", extra_args).await
     }
 
     /// [`Server::start`] listening on `addr` instead of `127.0.0.1:0` (e.g. a
     /// [`crate::SplitNetwork`]'s service address, `198.18.0.1:0`).
     pub async fn start_on(addr: &str, extra_args: &[&str]) -> Server {
-        let extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(addr, &extra_args).await;
-        Server { child: Some(child), addr, extra_args }
+        let launch = Launch::new(bin_path("server")).on(addr).args(extra_args);
+        let process = tokio::task::spawn_blocking(move || launch.start())
+            .await
+            .expect("the start task ran")
+            .unwrap_or_else(|e| panic!("{e}"));
+        Server { addr: process.socket_addr(), process: Some(process), killed: false }
+    }
+
+    fn process(&mut self) -> &mut ServerProcess {
+        self.process.as_mut().expect("the server process is in place between calls")
     }
 
     /// The address it listens on.
@@ -92,107 +95,49 @@ impl Server {
 
     /// The OS process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        let process = self.process.as_ref()?;
+        (!self.killed).then(|| process.pid())
     }
 
     /// Kills the server with SIGKILL (no close frames, no goodbye) and waits until it is gone.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
+        self.process().kill();
+        self.killed = true;
     }
 
     /// Sends SIGTERM (graceful shutdown) and returns its exit code, waiting at most `deadline`.
     pub async fn terminate(&mut self, deadline: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        crate::peer::send_signal(child.id(), "TERM");
-        match tokio::time::timeout(deadline, child.wait()).await {
-            Ok(Ok(status)) => status.code(),
-            _ => {
-                let _ = child.start_kill();
-                None
-            }
+        if self.killed {
+            return None;
         }
+        self.process().signal("TERM");
+        let until = tokio::time::Instant::now() + deadline;
+        let code = loop {
+            if let Some(status) = self.process().exited() {
+                break status.code();
+            }
+            if tokio::time::Instant::now() >= until {
+                self.process().kill();
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.killed = true;
+        code
     }
 
     /// Starts the server again on the same address with the same extra arguments (after
     /// [`Server::kill`]; a running one is killed first).
     pub async fn restart(&mut self) {
-        self.kill().await;
-        let addr = self.addr.to_string();
-        // The port was just freed; a few retries cover the rare case where binding races it.
-        let mut last_error = String::new();
-        for _ in 0..20 {
-            match try_spawn(&addr, &self.extra_args).await {
-                Ok((child, _)) => {
-                    self.child = Some(child);
-                    return;
-                }
-                Err(e) => last_error = e,
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("server did not restart on {addr}: {last_error}");
+        let mut process = self.process.take().expect("the server process is in place between calls");
+        let (process, restarted) = tokio::task::spawn_blocking(move || {
+            let restarted = process.restart();
+            (process, restarted)
+        })
+        .await
+        .expect("the restart task ran");
+        self.process = Some(process);
+        restarted.unwrap_or_else(|e| panic!("{e}"));
+        self.killed = false;
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
-    }
-}
-
-async fn spawn(addr: &str, extra_args: &[String]) -> (Child, SocketAddr) {
-    try_spawn(addr, extra_args).await.unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn try_spawn(addr: &str, extra_args: &[String]) -> Result<(Child, SocketAddr), String> {
-    let path = bin_path("server");
-    let mut child = Command::new(&path)
-        .arg("--addr")
-        .arg(addr)
-        .args(extra_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
-    let stdout = child.stdout.take().ok_or("server stdout is not piped")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let wait_line = async {
-        let mut seen = Vec::new();
-        loop {
-            match lines.next_line().await {
-                Ok(Some(line)) => {
-                    if let Some(url) = line.strip_prefix("listening on ") {
-                        let hostport = url.trim_start_matches("http://").trim_start_matches("https://");
-                        return hostport
-                            .trim_end_matches('/')
-                            .parse::<SocketAddr>()
-                            .map_err(|e| format!("cannot parse the address in {line:?}: {e}"));
-                    }
-                    seen.push(line);
-                }
-                Ok(None) => {
-                    return Err(format!("server exited before printing `listening on` (stdout: {seen:?})"));
-                }
-                Err(e) => return Err(format!("cannot read server stdout: {e}")),
-            }
-        }
-    };
-    let addr = match tokio::time::timeout(START_DEADLINE, wait_line).await {
-        Ok(Ok(addr)) => addr,
-        Ok(Err(e)) => {
-            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_default();
-            return Err(format!("{e} [{status}]"));
-        }
-        Err(_) => return Err(format!("server printed no `listening on` line within {START_DEADLINE:?}")),
-    };
-    // Keep draining stdout so that the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
 }
