@@ -31,7 +31,9 @@ pub struct Server {
 /// What keeps the process alive (and kills it on drop).
 enum Running {
     /// Killed by its own drop.
-    Switchboard { _process: Box<testkit::ServerProcess> },
+    Switchboard {
+        _process: Box<testkit::ServerProcess>,
+    },
     Other(Child),
 }
 

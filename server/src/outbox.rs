@@ -112,6 +112,13 @@ impl OpenFrame {
         self.0.push_str(text);
     }
 
+    /// The length [`Self::stamp`] with `seq` will give, so that the bound can be checked
+    /// before the frame is finished (and handed back if it does not fit).
+    pub fn stamped_len(&self, seq: u64) -> usize {
+        let digits = seq.checked_ilog10().map_or(1, |d| d as usize + 1);
+        self.0.len() + r#","seq":}"#.len() + digits
+    }
+
     /// The finished frame, numbered `seq`.
     pub fn stamp(mut self, seq: u64) -> Frame {
         let _ = write!(self.0, r#","seq":{seq}}}"#);
@@ -188,6 +195,16 @@ mod tests {
     use super::*;
 
     const SMALL: Bound = Bound { frames: 2, bytes: 2 * FRAME_OVERHEAD + 10 };
+
+    #[test]
+    fn stamped_len_is_the_length_of_the_stamped_frame() {
+        for seq in [0, 1, 9, 10, 99, 100, 12_345, u64::MAX] {
+            let mut open = OpenFrame::with_capacity(16);
+            open.push_str(r#"{"type":"signal""#);
+            let expected = open.stamped_len(seq);
+            assert_eq!(open.stamp(seq).len(), expected, "seq {seq}");
+        }
+    }
 
     #[test]
     fn refuses_past_either_bound_keeps_order_and_counts_every_byte() {

@@ -31,7 +31,7 @@ pub use self::mirror::{Attach, Detached, LocalLogs, Mirrored, Remote};
 use crate::admission::Ticket;
 use crate::budget::{SharedBudget, Tokens};
 use crate::ids::{IdSource, PeerId, ResumeToken};
-use crate::outbox::{Bound, Frame, OpenFrame, Outbox, Overflow, QueuedBytes, cost};
+use crate::outbox::{Bound, FRAME_OVERHEAD, Frame, OpenFrame, Outbox, Overflow, QueuedBytes, cost};
 use crate::refusal::Refusal;
 use crate::turn::TurnConfig;
 
@@ -256,6 +256,39 @@ impl ServerWide {
 /// A connection's record on its way from one shard to another (see [`Rooms::release_conn`]).
 #[derive(Debug)]
 pub struct MovingConn(Conn);
+
+/// Why [`Rooms::try_relay`] did not relay a signal.
+#[derive(Debug)]
+pub enum NotRelayed {
+    /// Refused by the rules (not joined, no such peer).
+    Refused(Refusal),
+    /// The server-wide bound is reached even with this shard's retained messages evicted.
+    Full(Full),
+}
+
+/// A signal that did not fit under the server-wide bound, handed back unnumbered.
+#[derive(Debug)]
+pub struct Full {
+    pub frame: OpenFrame,
+    /// What it would add to the queued bytes.
+    pub size: usize,
+    /// The part of the bound it may use (half of it for a backlog).
+    pub room_left: usize,
+}
+
+impl NotRelayed {
+    /// The answer to the sender of a signal to `to`.
+    pub fn into_refusal(self, to: &str) -> Refusal {
+        match self {
+            NotRelayed::Refused(refusal) => refusal,
+            NotRelayed::Full(_) => Refusal::new(
+                ErrorCode::ServerBusy,
+                "the server holds as many queued messages as it may; this signal was not relayed, try again later",
+            )
+            .about_signal_to(Some(to)),
+        }
+    }
+}
 
 /// The rules for the rooms of one shard (or of the whole server, when it is the only one).
 /// Shards made with [`Rooms::sibling`] share ids, the room cap and the queued-bytes bound, and
@@ -550,37 +583,49 @@ impl Rooms {
         frame: OpenFrame,
         now: Instant,
     ) -> Result<(), Refusal> {
+        self.try_relay(conn, from, to, frame, now).map_err(|not| not.into_refusal(to))
+    }
+
+    /// [`Self::relay`], except that a signal refused only because the server-wide bound is
+    /// reached comes back ([`NotRelayed::Full`]), so that the caller can have the other shards
+    /// give up retained messages and try again ([`crate::shards::Shards::relay`]).
+    pub fn try_relay(
+        &mut self,
+        conn: ConnId,
+        from: &PeerId,
+        to: &str,
+        frame: OpenFrame,
+        now: Instant,
+    ) -> Result<(), NotRelayed> {
         let sender = self.conns.get(&conn).and_then(|c| c.member.as_ref());
         if sender != Some(from) {
-            return Err(Refusal::new(ErrorCode::NotJoined, "join a room before sending signals")
-                .about_signal_to(Some(to)));
+            return Err(NotRelayed::Refused(
+                Refusal::new(ErrorCode::NotJoined, "join a room before sending signals")
+                    .about_signal_to(Some(to)),
+            ));
         }
         let sender_room = self.members.get(from).map(|m| &m.room);
         let target = match self.members.get_key_value(to) {
             Some((id, member)) if Some(&member.room) == sender_room && id != from => id.clone(),
             _ => {
-                return Err(Refusal::new(ErrorCode::UnknownPeer, format!("no peer {to:?} in your room"))
-                    .about_signal_to(Some(to)));
+                return Err(NotRelayed::Refused(
+                    Refusal::new(ErrorCode::UnknownPeer, format!("no peer {to:?} in your room"))
+                        .about_signal_to(Some(to)),
+                ));
             }
         };
         let Some(member) = self.members.get(&target) else { return Ok(()) };
-        let frame = frame.stamp(member.journal.next_seq());
+        let seq = member.journal.next_seq();
         // A backlog (a member suspended, or not reading) may fill only half of the bound, so
         // that members who read their sockets always have room, whoever fills the rest.
         let backlog =
             matches!(member.link, Link::Suspended { .. }) || member.journal.pending_bytes() > BACKLOG_BYTES;
         let room_left = if backlog { self.queued.limit() / 2 } else { self.queued.limit() };
-        let size = cost(&frame);
-        if self.queued.bytes() + size > room_left {
-            self.evict_retained(size, room_left);
+        let size = frame.stamped_len(seq) + FRAME_OVERHEAD;
+        if !self.make_room(size, room_left) {
+            return Err(NotRelayed::Full(Full { frame, size, room_left }));
         }
-        if self.queued.bytes() + size > room_left {
-            return Err(Refusal::new(
-                ErrorCode::ServerBusy,
-                "the server holds as many queued messages as it may; this signal was not relayed, try again later",
-            )
-            .about_signal_to(Some(to)));
-        }
+        let frame = frame.stamp(seq);
         self.deliver(&target, Outgoing::Stamped(frame), now);
         self.signals_relayed += 1;
         self.settle(now);
@@ -686,6 +731,15 @@ impl Rooms {
             }
         }
         self.settle(now);
+    }
+
+    /// Whether `size` more bytes fit under `room_left`, after evicting this shard's retained
+    /// messages if that is what it takes.
+    pub fn make_room(&mut self, size: usize, room_left: usize) -> bool {
+        if self.queued.bytes() + size > room_left {
+            self.evict_retained(size, room_left);
+        }
+        self.queued.bytes() + size <= room_left
     }
 
     /// Under pressure, written messages kept only for a resume with `last_seq` give way to

@@ -20,7 +20,10 @@ use std::time::Instant;
 use protocol::RoomName;
 use tokio::sync::Notify;
 
-use crate::rooms::{ConnId, Rooms, RoomsConfig, Stats};
+use crate::ids::PeerId;
+use crate::outbox::OpenFrame;
+use crate::refusal::Refusal;
+use crate::rooms::{ConnId, NotRelayed, Rooms, RoomsConfig, Stats};
 
 #[derive(Debug)]
 pub struct Shards {
@@ -122,6 +125,35 @@ impl Shards {
         }
     }
 
+    /// Relays a signal from `placement`'s member (see [`Rooms::relay`]). When the server-wide
+    /// queue bound is all that stops it, the other shards give up retained messages (written,
+    /// kept only for a resume with `last_seq`) for it, one shard at a time and never two locks at
+    /// once, before it is refused with `server_busy`: retained messages anywhere give way to
+    /// undelivered ones, as with one lock for all rooms.
+    pub fn relay(
+        &self,
+        placement: &Placement,
+        from: &PeerId,
+        to: &str,
+        frame: OpenFrame,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        let tried = self.lock(placement).try_relay(placement.conn(), from, to, frame, now);
+        let full = match tried {
+            Ok(()) => return Ok(()),
+            Err(NotRelayed::Full(full)) => full,
+            Err(refused) => return Err(refused.into_refusal(to)),
+        };
+        let here = placement.shard.load(Ordering::Acquire);
+        for shard in (0..self.shards.len()).filter(|&shard| shard != here) {
+            if self.lock_index(shard).make_room(full.size, full.room_left) {
+                break;
+            }
+        }
+        // Numbered now, under the lock again: the target may have been sent more meanwhile.
+        self.lock(placement).relay(placement.conn(), from, to, full.frame, now)
+    }
+
     /// The shard of `room`, locked (with `--redis`, to reach a member served here by its room).
     pub fn lock_room(&self, room: &RoomName) -> MutexGuard<'_, Rooms> {
         self.lock_index(self.shard_of(room))
@@ -170,7 +202,6 @@ impl Shards {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::OpenFrame;
     use crate::rooms::JoinRequest;
     use protocol::ErrorCode;
 
@@ -246,5 +277,60 @@ mod tests {
         // Leaving frees the room for a join on another shard.
         shards.lock(&a).leave(a.conn(), now).expect("left");
         shards.lock_for_room(&b, &other).join(b.conn(), join_request(other.as_str()), now).expect("joins");
+    }
+
+    /// A signal of about `len` bytes (before its number).
+    fn signal_of(len: usize) -> OpenFrame {
+        let mut frame = OpenFrame::with_capacity(len + 64);
+        frame.push_str(r#"{"type":"signal","from":"x","signal":{"sdp":""#);
+        frame.push_str(&"s".repeat(len));
+        frame.push_str(r#""}"#);
+        frame
+    }
+
+    #[test]
+    fn retained_messages_in_other_shards_give_way_to_a_reader_at_the_queue_bound() {
+        const BOUND: usize = 64 * 1024;
+        let shards = Shards::new(RoomsConfig { max_queued_bytes: BOUND, ..RoomsConfig::default() }, 8);
+        let now = crate::clock::now();
+        let (busy, quiet) = rooms_on_two_shards(&shards);
+        let join = |room: &RoomName| {
+            let placement = shards.connect(Arc::new(Notify::new()));
+            let id = shards
+                .lock_for_room(&placement, room)
+                .join(placement.conn(), join_request(room.as_str()), now)
+                .expect("joins")
+                .id;
+            (placement, id)
+        };
+        // In one shard, bob reads every offer ana sends him: written, and retained for a resume
+        // with `last_seq`, until the retained bytes nearly fill the server-wide bound.
+        let (ana, ana_id) = join(&busy);
+        let (bob, bob_id) = join(&busy);
+        while shards.stats().queued_bytes < BOUND - 2048 {
+            shards.relay(&ana, &ana_id, bob_id.as_str(), signal_of(1000), now).expect("room for it");
+            texts(&shards, &bob);
+            texts(&shards, &bob); // the previous batch is written: nothing in flight any more
+        }
+        texts(&shards, &ana);
+        let retained = shards.stats().queued_bytes;
+        // In another shard, dan reads his socket; cy sends him 4 KiB, which does not fit.
+        let (cy, cy_id) = join(&quiet);
+        let (dan, dan_id) = join(&quiet);
+        texts(&shards, &cy);
+        texts(&shards, &dan);
+        // That shard alone has nothing of its own to give up: it would refuse.
+        let alone = shards.lock(&cy).relay(cy.conn(), &cy_id, dan_id.as_str(), signal_of(4096), now);
+        assert_eq!(alone.expect_err("over the bound").code, ErrorCode::ServerBusy);
+        // The server as a whole has bob's retained messages to give up, and does.
+        shards.relay(&cy, &cy_id, dan_id.as_str(), signal_of(4096), now).expect("relayed");
+        let written = texts(&shards, &dan);
+        assert!(written.iter().any(|t| t.contains(r#""type":"signal""#)), "{written:?}");
+        let stats = shards.stats();
+        assert!(stats.queued_bytes <= BOUND, "{} queued, bound {BOUND}", stats.queued_bytes);
+        assert!(stats.queued_bytes < retained, "bob's retained messages were evicted");
+        for shard in shards.shards.iter() {
+            shard.lock().expect("lock").check_invariants().expect("consistent");
+        }
     }
 }

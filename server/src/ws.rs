@@ -429,7 +429,7 @@ impl<'a> Reader<'a> {
         let mut frame = OpenFrame::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
         push_signal_head(&mut |text| frame.push_str(text), from);
         frame.push_str(signal);
-        let result = self.rooms().relay(self.place.conn(), from, to, frame, now);
+        let result = self.shared.rooms.relay(self.place, from, to, frame, now);
         if let Err(refusal) = result {
             self.refuse(refusal);
         }
