@@ -135,6 +135,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     let mut cluster_metrics = String::new();
     if let Some(cluster) = &shared.cluster {
         stats.signals_relayed += cluster.signals_relayed();
+        stats.rooms += cluster.rooms_in_grace_only(&shared);
         cluster_metrics = format!(
             "# HELP switchboard_redis_up Whether this instance reaches Redis (1) or not (0).\n\
              # TYPE switchboard_redis_up gauge\n\

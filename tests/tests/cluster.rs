@@ -474,3 +474,82 @@ fn a_member_s_spent_rate_budget_follows_it_to_the_other_instance() {
         ana.expect_silence(Duration::from_millis(300)).await;
     });
 }
+
+/// A WebSocket to `server` from the loopback address `ip` (for per-IP caps; `/metrics` stays on
+/// 127.0.0.1).
+async fn connect_from(
+    server: &Server,
+    ip: [u8; 4],
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, tokio_tungstenite::tungstenite::Error> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind((ip, 0).into()).expect("bind to a loopback address");
+    let stream = socket.connect(server.addr()).await.expect("TCP connect");
+    let (ws, _) = tokio_tungstenite::client_async(server.ws_url(), MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+/// Joins `room` as `name` on `server` from the loopback address `ip`.
+async fn join_from(server: &Server, ip: [u8; 4], room: &str, name: &str) -> (Client, Value) {
+    let mut client = Client { ws: connect_from(server, ip).await.expect("WebSocket upgrade succeeds") };
+    client.send(json!({"type": "join", "room": room, "name": name})).await;
+    let welcome = client.expect("welcome").await;
+    (client, welcome)
+}
+
+/// The status of a WebSocket upgrade to `server` from `ip` that is expected to be refused.
+async fn refused_upgrade(server: &Server, ip: [u8; 4]) -> u16 {
+    match connect_from(server, ip).await {
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("refused without an HTTP answer: {e}"),
+    }
+}
+
+/// PROTOCOL.md: a member in grace counts against the connection cap of the client IP that
+/// joined it; INTERFACES.md: `switchboard_rooms` counts rooms with a member connected to or in
+/// grace on the instance. Two members drop from B (cap 2 per IP): B refuses a third connection
+/// from that IP and still counts their room; once one resumes on A, B has a place again; once
+/// the other's grace ends, B counts no room.
+#[test]
+fn members_in_grace_count_against_their_ip_and_their_room_on_the_instance_they_left() {
+    const CLIENT_IP: [u8; 4] = [127, 0, 0, 2];
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let url = redis.url();
+        let a = Server::start(&["--redis", &url, "--resume-grace", "3s"]).await;
+        let b =
+            Server::start(&["--redis", &url, "--resume-grace", "3s", "--max-connections-per-ip", "2"]).await;
+        for server in [&a, &b] {
+            server.wait_for_metric("switchboard_redis_up", 1.0).await;
+        }
+        let (mut ana, _) = Client::join(&a, "x", "ana").await;
+        let (bob, bob_welcome) = join_from(&b, CLIENT_IP, "x", "bob").await;
+        let (cy, cy_welcome) = join_from(&b, CLIENT_IP, "x", "cy").await;
+        assert_eq!(ana.expect("peer_joined").await["peer"]["name"], "bob");
+        assert_eq!(ana.expect("peer_joined").await["peer"]["name"], "cy");
+        drop((bob, cy));
+        b.wait_for_metric("switchboard_members", 0.0).await;
+        assert_eq!(b.metric("switchboard_rooms").await, 1.0, "their room, in grace here");
+        assert_eq!(refused_upgrade(&b, CLIENT_IP).await, 429, "both places are held in grace");
+
+        let (mut back, welcome) = Client::resume(&a, "x", &bob_welcome, 0).await;
+        assert_eq!(welcome["resumed"], true);
+        let mut third = None;
+        for _ in 0..50 {
+            if let Ok(ws) = connect_from(&b, CLIENT_IP).await {
+                third = Some(ws);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(third.is_some(), "bob's place on B is free once he resumed on A");
+        let left = ana.try_recv(Duration::from_secs(3 + 5 + 3)).await.expect("cy leaves after grace");
+        assert_eq!(
+            (left["type"].clone(), left["id"].clone()),
+            (json!("peer_left"), cy_welcome["id"].clone())
+        );
+        assert_eq!(back.expect("peer_joined").await["peer"]["id"], cy_welcome["id"], "replayed from 0");
+        assert_eq!(back.expect("peer_left").await["id"], cy_welcome["id"]);
+        b.wait_for_metric("switchboard_rooms", 0.0).await;
+    });
+}

@@ -76,6 +76,7 @@ async fn keep(shared: Arc<Shared>, cluster: Arc<Cluster>) {
                 tracing::info!(instance = %cluster.instance, "Redis reachable: serving as part of the service");
             }
         }
+        cluster.expire_graced();
         let swept: Result<i64, _> =
             cluster.scripts.sweep.arg(cluster.grace_ms()).invoke_async(&mut redis).await;
         match swept {
@@ -204,6 +205,7 @@ fn on_message(shared: &Shared, cluster: &Arc<Cluster>, payload: &[u8]) {
             after_push(shared, cluster, &room, id, outcome);
         }
         (Some("k"), Some(Ok(room)), Some(id), Some(session), None) => {
+            cluster.release_graced(id);
             shared.rooms.lock_room(&room).kick(id, |conn| cluster.session(conn) == session);
         }
         _ => tracing::warn!("unknown message on this instance's Redis channel"),

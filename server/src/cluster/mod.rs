@@ -29,6 +29,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use self::background::start;
 use self::scripts::{Scripts, list, number, pairs, text};
+use crate::admission::Ticket;
 use crate::budget::{RateLimit, SharedBudget, Tokens};
 use crate::ids::{IdSource, PeerId, ResumeToken};
 use crate::outbox::{Frame, OpenFrame};
@@ -62,6 +63,19 @@ pub struct Cluster {
     /// Signals on their way into a pipeline (`pipeline.rs`); the receiver goes to its task.
     relays: mpsc::Sender<pipeline::RelayJob>,
     relay_queue: Mutex<Option<mpsc::Receiver<pipeline::RelayJob>>>,
+    /// Members whose connection ended here and that Redis holds in grace: they still count
+    /// against their client's connection caps here and in `switchboard_rooms`, until Redis says
+    /// they resumed or ended (a `k` on the channel) or their grace (and the detection margin)
+    /// has surely run out.
+    graced: Mutex<HashMap<PeerId, Graced>>,
+}
+
+#[derive(Debug)]
+struct Graced {
+    room: RoomName,
+    /// Held only for its count; dropping it releases the place.
+    _ticket: Option<Ticket>,
+    until: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -129,6 +143,7 @@ impl Cluster {
             catch_up_wake: Notify::new(),
             relays,
             relay_queue: Mutex::new(Some(relay_queue)),
+            graced: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -169,19 +184,20 @@ impl Cluster {
             let outcome = cluster.place(conn, request, authorized, cap_reached, rate_limit).await;
             if let Err(Ok(attach)) = placed_tx.send(outcome) {
                 let (id, room, written) = (attach.id, attach.room, attach.welcome_seq);
-                cluster.suspend(Detached { id, room, conn, written, budget: None }).await;
+                cluster.suspend(Detached { id, room, conn, written, budget: None, ticket: None }).await;
             }
         });
         let attach = placed.await.unwrap_or_else(|_| Err(busy(&"join interrupted")))?;
         let joined = Joined { id: attach.id.clone(), room: attach.room.clone(), resumed: attach.resumed };
         // No `.await` from here on: the member is served or handed back, whatever the reader does.
         let (id, room, written) = (attach.id.clone(), attach.room.clone(), attach.welcome_seq);
+        self.release_graced(id.as_str());
         if shared.rooms.lock_for_room(place, &room).attach(conn, attach) {
             // Messages published before the mirror existed were dropped: read them back.
             self.request_catch_up(&id, &room);
         } else {
             let cluster = Arc::clone(self);
-            let detached = Detached { id, room, conn, written, budget: None };
+            let detached = Detached { id, room, conn, written, budget: None, ticket: None };
             shared.tasks.spawn(async move { cluster.suspend(detached).await });
         }
         Ok(joined)
@@ -405,7 +421,11 @@ impl Cluster {
     }
 
     /// Tells Redis that a member's connection ended without `leave`.
-    async fn suspend(&self, detached: Detached) {
+    async fn suspend(&self, mut detached: Detached) {
+        // Kept before Redis is told, so that the `k` of a resume elsewhere always finds it.
+        let until = crate::clock::now() + self.grace + HEARTBEAT_TTL + BEAT_INTERVAL;
+        let graced = Graced { room: detached.room.clone(), _ticket: detached.ticket.take(), until };
+        self.graced.lock().unwrap_or_else(PoisonError::into_inner).insert(detached.id.clone(), graced);
         let result: Result<i64, _> = self
             .scripts
             .suspend
@@ -421,6 +441,30 @@ impl Cluster {
             // The reconciliation after the outage puts it in grace.
             tracing::warn!(%error, peer = %detached.id, "could not put the member in grace in Redis");
         }
+    }
+
+    /// The member resumed or ended (Redis says so): it no longer counts here.
+    fn release_graced(&self, id: &str) {
+        self.graced.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
+    }
+
+    /// Drops what surely ended without word from Redis (a lost `k`, Redis restarted).
+    fn expire_graced(&self) {
+        let now = crate::clock::now();
+        self.graced.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, g| g.until > now);
+    }
+
+    /// Rooms this instance counts only because a member that left it is in grace (for
+    /// `switchboard_rooms`: a room with a member connected to or in grace on this instance).
+    pub fn rooms_in_grace_only(&self, shared: &Shared) -> usize {
+        let rooms: std::collections::HashSet<RoomName> = self
+            .graced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|g| g.room.clone())
+            .collect();
+        rooms.into_iter().filter(|room| !shared.rooms.lock_room(room).serves_room(room)).count()
     }
 
     fn request_catch_up(&self, id: &PeerId, room: &RoomName) {

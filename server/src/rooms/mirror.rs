@@ -59,6 +59,9 @@ pub struct Detached {
     pub written: u64,
     /// What was left of the member's rate budget, for its next connection wherever it is.
     pub budget: Option<Tokens>,
+    /// The connection's count against the caps of its client: a member in grace still counts
+    /// (PROTOCOL.md), so this instance keeps it until Redis says the member resumed or ended.
+    pub ticket: Option<Ticket>,
 }
 
 /// Signals relayed on this instance while Redis was unreachable, by recipient. Redis numbers a
@@ -303,6 +306,7 @@ impl Rooms {
             conn,
             written: member.journal.written_seq(),
             budget: member.held.budget.as_ref().and_then(|b| b.tokens(crate::clock::now())),
+            ticket: self.conns.get(&conn).and_then(|c| c.ticket.clone()),
         };
         self.forget(&id);
         Some(detached)
@@ -350,6 +354,11 @@ impl Rooms {
                 Link::Suspended { .. } => None,
             })
             .collect()
+    }
+
+    /// True if a member of `room` is served here.
+    pub fn serves_room(&self, room: &RoomName) -> bool {
+        self.rooms.contains_key(room)
     }
 
     /// The seq the member's next message must carry, if it is served here.

@@ -36,13 +36,30 @@ local function deliver(room, id, open)
   return seq
 end
 
+-- The instance of a session ("instance:connection").
+local function instance_of(session)
+  return string.match(session or '', '^(.*):[^:]*$')
+end
+
+-- Tells the instance a member in grace left that it no longer holds the member's place (it
+-- counted it against its client's caps): "k room id session" on its channel.
+local function release_grace(room, id, session)
+  local holder = instance_of(session)
+  if holder then
+    redis.call('PUBLISH', 'sb:i:' .. holder, 'k\n' .. room .. '\n' .. id .. '\n' .. session)
+  end
+end
+
 -- Removes the member everywhere and tells the rest of its room (peer_left).
 local function end_member(room, id)
   local P = prefix(room)
   local m = P .. 'm:' .. id
-  local f = redis.call('HMGET', m, 'token', 'owner')
+  local f = redis.call('HMGET', m, 'token', 'owner', 'session')
   if not f[1] then
     return 0
+  end
+  if f[2] == '' then
+    release_grace(room, id, f[3])
   end
   redis.call('DEL', m, P .. 'q:' .. id, P .. 'tok:' .. f[1])
   redis.call('ZREM', P .. 'members', id)

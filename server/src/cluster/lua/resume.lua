@@ -41,6 +41,8 @@ end
 if f[2] ~= '' then
   redis.call('PUBLISH', 'sb:i:' .. f[2], 'k\n' .. room .. '\n' .. id .. '\n' .. f[3])
   redis.call('SREM', 'sb:inst:' .. f[2], room .. ' ' .. id)
+else
+  release_grace(room, id, f[3])
 end
 redis.call('DEL', P .. 'tok:' .. token)
 redis.call('SET', P .. 'tok:' .. new_token, id)
