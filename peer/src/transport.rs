@@ -300,6 +300,9 @@ impl AsyncUdpSocket for OneReceivePerTurn {
 }
 
 #[cfg(test)]
+mod sctp_recovery;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -2459,7 +2459,15 @@ impl Association {
                     // decisions.
                     let data_chunk_size =
                         (DATA_CHUNK_HEADER_SIZE + c.user_data.len() as u32).next_multiple_of(4);
-                    if self.mtu < fast_retrans_size + data_chunk_size {
+                    // Switchboard patch: every chunk marked for fast retransmit goes out now,
+                    // in as many packets as it takes up to cwnd (at least one packet), not only
+                    // those that fit in one packet. The rest stayed marked but were sent only
+                    // at the next cumulative-ack advance, which the first one's arrival causes:
+                    // one lost packet repaired per round trip, while new data took the
+                    // window. A run of 24 packets dropped by a loaded receiver's socket held
+                    // the stream up for 24 round trips (peer/src/transport/sctp_recovery.rs).
+                    // RFC 9260 6.1 C: marked chunks go before new data.
+                    if self.mtu.max(self.cwnd) < fast_retrans_size + data_chunk_size {
                         break;
                     }
 
