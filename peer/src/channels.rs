@@ -35,7 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelId, RTCDataChannelState};
 use webrtc::peer_connection::PeerConnection;
 
-use crate::link::lock;
+use crate::sync::lock;
 
 /// Transfers (`file` channels) at once to or from one peer: INTERFACES.md's receivers take at
 /// most 4 from one peer and answer `busy` to more, so a sender runs at most that many.

@@ -9,6 +9,8 @@
 //! - [`transport`]: how connections are built (settings, sockets, buffers).
 //! - [`output`]: human-readable and `--json` output.
 //! - [`tls`]: rustls settings for `wss://` (system roots plus `--ca-cert`).
+//! - [`channels`]: the data channels this side opens (`file`), guarded against webrtc-rs faults.
+//! - `sync`: the lock helper every module's shared state uses.
 
 pub mod channels;
 pub mod files;
@@ -17,5 +19,6 @@ pub mod media;
 pub mod mesh;
 pub mod output;
 pub mod signaling;
+mod sync;
 pub mod tls;
 pub mod transport;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
-use protocol::{IceCandidate, MAX_CHAT_LINE_BYTES, Signal};
+use protocol::{IceCandidate, MAX_CHAT_LINE_BYTES, PeerId, Signal};
 use thiserror::Error;
 use tokio::sync::Notify;
 use tokio::sync::mpsc;
@@ -32,9 +32,11 @@ use webrtc::peer_connection::{
 };
 
 use crate::channels::{ChannelOpener, LocalChannels};
-use crate::files::{self, FILE_LABEL, Inbox};
+use crate::files::{self, Inbox};
 use crate::media::{self, LinkMedia, Media};
+use crate::sync::lock;
 use crate::transport;
+use protocol::FILE_LABEL;
 
 /// The label of the chat channel (PROTOCOL.md).
 pub const CHAT_LABEL: &str = "chat";
@@ -79,7 +81,7 @@ pub enum LinkEvent {
 }
 
 /// Where links send their events: `(remote id, event)`. Bounded; the owner must keep reading.
-pub type LinkEvents = mpsc::Sender<(String, LinkEvent)>;
+pub type LinkEvents = mpsc::Sender<(PeerId, LinkEvent)>;
 
 /// Per-link options.
 #[derive(Debug, Clone)]
@@ -120,7 +122,7 @@ enum Input {
 
 /// State shared by the link, its negotiation task, its event handler and its channel task.
 struct Shared {
-    remote: String,
+    remote: PeerId,
     polite: bool,
     events: LinkEvents,
     /// The open `chat` channel's writer, if any.
@@ -187,7 +189,7 @@ impl Link {
     /// Creates the peer connection toward `remote`. `polite` is true toward a peer listed in
     /// our `welcome` (PROTOCOL.md). Nothing is sent until [`Link::offer`] or a remote offer.
     pub async fn new(
-        remote: String,
+        remote: PeerId,
         polite: bool,
         options: &LinkOptions,
         events: LinkEvents,
@@ -252,7 +254,7 @@ impl Link {
     }
 
     /// The remote peer's id.
-    pub fn remote(&self) -> &str {
+    pub fn remote(&self) -> &PeerId {
         &self.shared.remote
     }
 
@@ -335,11 +337,6 @@ impl Link {
             tracing::debug!(peer = %self.shared.remote, "link tasks still running after close");
         }
     }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these short critical sections leaves the data consistent.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// webrtc-rs callbacks. They run inside the connection's driver, so they only hand work on.
@@ -679,7 +676,7 @@ async fn run_chat_channel(shared: Arc<Shared>, channel: Arc<dyn DataChannel>) {
 
 /// Validates a received `chat` message (PROTOCOL.md): text, UTF-8, at most 16 KiB. Anything
 /// else is dropped with a log line; a remote peer can never make us crash.
-pub fn chat_line(remote: &str, is_string: bool, data: BytesMut) -> Option<String> {
+pub fn chat_line(remote: &PeerId, is_string: bool, data: BytesMut) -> Option<String> {
     if !is_string {
         tracing::warn!(peer = %remote, bytes = data.len(), "ignoring a binary message on the chat channel");
         return None;
@@ -699,7 +696,7 @@ pub fn chat_line(remote: &str, is_string: bool, data: BytesMut) -> Option<String
 
 /// Hands queued lines to the channel in order; `send_text` waits while the channel has
 /// [`transport::SEND_BUFFER_LIMIT`] bytes outstanding.
-async fn write_chat(remote: String, channel: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<String>) {
+async fn write_chat(remote: PeerId, channel: Arc<dyn DataChannel>, mut rx: mpsc::Receiver<String>) {
     while let Some(line) = rx.recv().await {
         if let Err(e) = channel.send_text(&line).await {
             tracing::warn!(peer = %remote, "chat line not sent: {e}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use peer::files::{self, Corruption, FileOptions, Outgoing, Receiving};
 use peer::media::{AudioFile, MediaOptions, VideoFile};
-use peer::mesh::{self, ChatOptions, Inputs, Outcome};
+use peer::mesh::{self, ChatOptions, ConnectionOptions, Inputs, MeshOptions, Outcome};
 use peer::output::Output;
 use peer::signaling::{JoinParams, Signaling};
 use peer::transport;
@@ -233,13 +233,13 @@ async fn run(
             }
         },
     };
-    let options = ChatOptions {
-        send: args.send,
-        echo: args.echo,
-        expect: args.expect,
-        ice_tick: args.ice_tick,
-        bind: if args.bind.is_empty() { transport::default_bind(args.relay_only) } else { args.bind },
-        relay_only: args.relay_only,
+    let options = MeshOptions {
+        chat: ChatOptions { send: args.send, echo: args.echo, expect: args.expect },
+        connections: ConnectionOptions {
+            ice_tick: args.ice_tick,
+            bind: if args.bind.is_empty() { transport::default_bind(args.relay_only) } else { args.bind },
+            relay_only: args.relay_only,
+        },
         files: FileOptions {
             send: outgoing,
             receive: receiving(args.receive_dir, args.expect_files, args.max_file_size, args.test_file_idle),

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use protocol::PeerId;
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
@@ -49,8 +50,19 @@ const FILE_FLUSH_DEADLINE: Duration = Duration::from_secs(60);
 /// How long `leave` may take when exiting.
 const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
 
-/// What the command line asked the mesh for.
+/// What the command line asked the mesh for, one part per concern.
 #[derive(Debug, Clone)]
+pub struct MeshOptions {
+    pub chat: ChatOptions,
+    pub connections: ConnectionOptions,
+    /// `--send-file`, `--receive-dir`, `--expect-files`.
+    pub files: FileOptions,
+    /// `--record`, `--echo-media`, `--send-video`, `--send-audio`, `--expect-frames`.
+    pub media: MediaOptions,
+}
+
+/// Chat lines: `--send`, `--echo`, `--expect`.
+#[derive(Debug, Clone, Default)]
 pub struct ChatOptions {
     /// Sent, in order, on every `chat` channel once it opens.
     pub send: Vec<String>,
@@ -58,16 +70,17 @@ pub struct ChatOptions {
     pub echo: bool,
     /// Done once this many lines have been received in total.
     pub expect: Option<usize>,
+}
+
+/// How peer connections are made: `--bind`, `--ice-tick`, `--relay-only`.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
     /// Local addresses to bind for peer connections.
     pub bind: Vec<String>,
     /// `--ice-tick`.
     pub ice_tick: std::time::Duration,
     /// `--relay-only`: ICE transport policy `relay`.
     pub relay_only: bool,
-    /// `--send-file`, `--receive-dir`, `--expect-files`.
-    pub files: FileOptions,
-    /// `--record`, `--echo-media`, `--send-video`, `--send-audio`, `--expect-frames`.
-    pub media: MediaOptions,
 }
 
 /// Inputs besides the server and the links.
@@ -86,7 +99,7 @@ type Room = Pin<Box<dyn Future<Output = Result<mpsc::OwnedPermit<String>, SendEr
 struct Slot {
     /// `None` once it is being closed.
     link: Option<Link>,
-    events: mpsc::Receiver<(String, LinkEvent)>,
+    events: mpsc::Receiver<(PeerId, LinkEvent)>,
     /// The link's tasks have all ended (its queue's senders are gone).
     events_done: bool,
     /// Fires when a close started by the rules is complete.
@@ -117,7 +130,7 @@ struct Links {
 
 struct Shell<'a> {
     rules: Rules,
-    options: ChatOptions,
+    options: MeshOptions,
     signaling: Signaling,
     links: Links,
     file_tx: files::FileEvents,
@@ -136,7 +149,7 @@ struct Shell<'a> {
 /// Runs the mesh until it is done or fails, then closes every link (delivering what was sent)
 /// and leaves the room.
 pub async fn run<S, T>(
-    options: ChatOptions,
+    options: MeshOptions,
     signaling: Signaling,
     mut server_events: mpsc::Receiver<SignalingEvent>,
     inputs: Inputs<S, T>,
@@ -183,21 +196,21 @@ where
 }
 
 impl<'a> Shell<'a> {
-    fn new(options: ChatOptions, signaling: Signaling, emit: &'a mut dyn FnMut(Event)) -> Self {
+    fn new(options: MeshOptions, signaling: Signaling, emit: &'a mut dyn FnMut(Event)) -> Self {
         let (file_tx, file_rx) = mpsc::channel(FILE_EVENT_QUEUE);
         let (media_tx, media_rx) = mpsc::channel(MEDIA_EVENT_QUEUE);
         let media = options.media.enabled().then(|| Media::new(options.media.clone(), media_tx));
         let rules = Rules::new(RulesOptions {
-            send: options.send.clone(),
-            echo: options.echo,
-            expect_lines: options.expect,
+            send: options.chat.send.clone(),
+            echo: options.chat.echo,
+            expect_lines: options.chat.expect,
             expect_files: options.files.expect,
             expect_frames: options.media.expect_frames.is_some(),
             send_files: !options.files.send.is_empty(),
         });
         Shell {
             rules,
-            links: Links { slots: HashMap::new(), turn: 0, echo: options.echo },
+            links: Links { slots: HashMap::new(), turn: 0, echo: options.chat.echo },
             options,
             signaling,
             file_tx,
@@ -296,7 +309,9 @@ impl Shell<'_> {
                             link.handle_signal(signal);
                         }
                     }
-                    Command::Relay { from, to, signal } => self.signaling.signal(&from, &to, signal),
+                    Command::Relay { from, to, signal } => {
+                        self.signaling.signal(from.as_str(), to.as_str(), signal)
+                    }
                     Command::SendChat { link, text } => self.send_chat(&link, text),
                     Command::SendFiles { link } => self.send_files(&link),
                     Command::CloseLink { link } => self.close_link(&link),
@@ -318,10 +333,10 @@ impl Shell<'_> {
         ice_servers: Vec<protocol::IceServer>,
     ) -> Result<(), String> {
         let options = LinkOptions {
-            bind: self.options.bind.clone(),
-            ice_tick: self.options.ice_tick,
+            bind: self.options.connections.bind.clone(),
+            ice_tick: self.options.connections.ice_tick,
             ice_servers,
-            relay_only: self.options.relay_only,
+            relay_only: self.options.connections.relay_only,
             // A fresh inbox per link: its slots are this remote's.
             inbox: self.options.files.receive.clone().map(|r| Inbox::new(r, self.file_tx.clone())),
             media: self.media.clone(),

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
-use protocol::PeerInfo;
+use protocol::{PeerId, PeerInfo};
 use serde_json::json;
 
 use crate::files::{self, FileEvent, ProgressBars};
@@ -21,27 +21,27 @@ use crate::media::{self, MediaEvent};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     Welcome {
-        id: String,
+        id: PeerId,
         room: String,
         peers: Vec<PeerInfo>,
         resumed: bool,
     },
     PeerJoined {
-        id: String,
+        id: PeerId,
         name: String,
     },
     ChannelOpen {
-        peer: String,
+        peer: PeerId,
     },
     Message {
-        from: String,
+        from: PeerId,
         text: String,
     },
     ChannelClosed {
-        peer: String,
+        peer: PeerId,
     },
     PeerLeft {
-        id: String,
+        id: PeerId,
     },
     /// Signaling was lost; the data channels keep working while it reconnects.
     Reconnecting {
@@ -54,7 +54,7 @@ pub enum Event {
     File(FileEvent),
     /// The candidate pair types ICE selected toward `peer` (`host`, `srflx`, `prflx`, `relay`).
     IceSelected {
-        peer: String,
+        peer: PeerId,
         local: String,
         remote: String,
     },
@@ -67,7 +67,7 @@ pub enum Event {
 pub struct Output {
     json: bool,
     /// Display names by id, for human output.
-    names: HashMap<String, String>,
+    names: HashMap<PeerId, String>,
     /// File transfer progress bars, in human output on a terminal.
     bars: Option<ProgressBars>,
 }
@@ -130,9 +130,9 @@ impl Output {
 
     /// How a remote is named in human lines (and progress bars): made printable here too,
     /// since a bar's label does not pass through [`Output::emit`]'s line.
-    fn who(&self, id: &str) -> String {
+    fn who(&self, id: &PeerId) -> String {
         let who = match self.names.get(id) {
-            Some(name) if name != id => format!("{name} ({id})"),
+            Some(name) if *id != **name => format!("{name} ({id})"),
             _ => id.to_string(),
         };
         printable(&who).into_owned()
@@ -142,10 +142,11 @@ impl Output {
         match event {
             Event::Welcome { id, room, peers, resumed } => {
                 for p in peers {
-                    self.names.insert(p.id.clone(), p.name.clone());
+                    self.names.insert(PeerId::from(p.id.as_str()), p.name.clone());
                 }
                 let verb = if *resumed { "back in" } else { "joined" };
-                let others: Vec<String> = peers.iter().map(|p| self.who(&p.id)).collect();
+                let others: Vec<String> =
+                    peers.iter().map(|p| self.who(&PeerId::from(p.id.as_str()))).collect();
                 if others.is_empty() {
                     format!("* {verb} room {room} as {id}; nobody else here yet")
                 } else {
@@ -158,7 +159,7 @@ impl Output {
             }
             Event::ChannelOpen { peer } => format!("* connected to {}", self.who(peer)),
             Event::Message { from, text } => {
-                let name = self.names.get(from).cloned().unwrap_or_else(|| from.clone());
+                let name = self.names.get(from).cloned().unwrap_or_else(|| from.to_string());
                 format!("<{name}> {text}")
             }
             Event::ChannelClosed { peer } => format!("* connection to {} closed", self.who(peer)),
@@ -258,6 +259,6 @@ mod tests {
     fn names_are_printable_in_every_line() {
         let mut out = Output::new(false);
         out.human_line(&Event::PeerJoined { id: "b1".into(), name: "bo\u{1b}[2Jb".into() });
-        assert_eq!(out.who("b1"), "bo\\x1b[2Jb (b1)");
+        assert_eq!(out.who(&PeerId::from("b1")), "bo\\x1b[2Jb (b1)");
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::close_code;
-use protocol::{ClientMessage, ErrorMessage, Join, PeerInfo, ServerMessage, Signal, Welcome};
+use protocol::{ClientMessage, ErrorMessage, Join, PeerId, PeerInfo, ServerMessage, Signal, Welcome};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -52,9 +52,9 @@ pub struct JoinParams {
 pub enum SignalingEvent {
     Welcome(Welcome),
     PeerJoined(PeerInfo),
-    PeerLeft(String),
+    PeerLeft(PeerId),
     Signal {
-        from: String,
+        from: PeerId,
         signal: Signal,
     },
     /// A refused request; the connection stays open.
@@ -373,8 +373,10 @@ async fn serve(
                 }
                 let event = match message {
                     Ok(ServerMessage::PeerJoined { peer, .. }) => SignalingEvent::PeerJoined(peer),
-                    Ok(ServerMessage::PeerLeft { id, .. }) => SignalingEvent::PeerLeft(id),
-                    Ok(ServerMessage::Signal { from, signal, .. }) => SignalingEvent::Signal { from, signal },
+                    Ok(ServerMessage::PeerLeft { id, .. }) => SignalingEvent::PeerLeft(id.into()),
+                    Ok(ServerMessage::Signal { from, signal, .. }) => {
+                        SignalingEvent::Signal { from: from.into(), signal }
+                    }
                     Ok(ServerMessage::Error(e)) => SignalingEvent::Error(e),
                     Ok(ServerMessage::Welcome(_)) => {
                         tracing::warn!("ignoring an unexpected second welcome");

@@ -6,18 +6,25 @@
 //!
 //! The server relays signals without re-encoding them (it validates them with [`Signal`] and
 //! forwards the original text), so unknown fields a browser adds survive the trip.
+//!
+//! Also here, for every client: the messages of the `file` data channel ([`FileHeader`],
+//! [`FileAnswer`]; PROTOCOL.md, "Data channels"), which never pass through the server, and
+//! [`PeerId`], the type of the ids the server hands out.
 
+mod files;
 mod names;
+mod peer_id;
 
+pub use files::{
+    FILE_LABEL, FileAnswer, FileHeader, FileHeaderError, MAX_FILE_CHUNK_BYTES, MAX_FILE_HEADER_BYTES,
+};
 pub use names::{DisplayName, MAX_NAME_CHARS, MAX_ROOM_CHARS, NameError, RoomName};
+pub use peer_id::PeerId;
 
 use serde::{Deserialize, Serialize};
 
 /// Largest chat line, in bytes, that a `chat` data channel carries.
 pub const MAX_CHAT_LINE_BYTES: usize = 16 * 1024;
-
-/// Largest binary message of a `file` data channel, in bytes.
-pub const MAX_FILE_CHUNK_BYTES: usize = 16 * 1024;
 
 /// A message a client sends to the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

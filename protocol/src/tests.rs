@@ -164,3 +164,47 @@ fn resume_is_advised_only_for_transient_closes() {
         assert!(!close_code::should_resume(Some(final_code)));
     }
 }
+
+#[test]
+fn file_headers_are_sent_in_the_protocol_shape_and_checked_when_received() {
+    let header = FileHeader { name: "photo.jpg".into(), size: 12345, sha256: "ab".repeat(32) };
+    assert_eq!(
+        header.to_json(),
+        format!(r#"{{"name":"photo.jpg","size":12345,"sha256":"{}"}}"#, "ab".repeat(32))
+    );
+    assert_eq!(FileHeader::parse(header.to_json().as_bytes()), Ok(header));
+    for bad in [
+        &b"not json"[..],
+        br#"{"name":"a","size":1}"#,
+        br#"{"name":"a","size":-1,"sha256":"00"}"#,
+        br#"{"name":"a","size":1,"sha256":"ABCDEF"}"#,
+        br#"{"name":"a","size":1,"sha256":"0000000000000000000000000000000000000000000000000000000000000000X"}"#,
+        br#"{"name":"a","size":1,"sha256":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#,
+        br#"["a",1]"#,
+    ] {
+        assert!(FileHeader::parse(bad).is_err(), "accepted {:?}", String::from_utf8_lossy(bad));
+    }
+    let huge = format!(
+        r#"{{"name":"{}","size":1,"sha256":"{}"}}"#,
+        "a".repeat(MAX_FILE_HEADER_BYTES),
+        "0".repeat(64)
+    );
+    assert!(matches!(FileHeader::parse(huge.as_bytes()), Err(FileHeaderError::TooLarge(_))));
+}
+
+#[test]
+fn file_answers_have_the_protocol_shape() {
+    assert_eq!(FileAnswer::accepted().to_json(), r#"{"ok":true}"#);
+    assert_eq!(FileAnswer::refused("bad").to_json(), r#"{"ok":false,"error":"bad"}"#);
+    assert_eq!(FileAnswer::parse(br#"{"ok":true,"extra":1}"#), Ok(FileAnswer::accepted()));
+    assert!(FileAnswer::parse(br#"{"error":"no ok"}"#).is_err());
+}
+
+#[test]
+fn peer_ids_are_plain_strings_on_the_wire() {
+    let id = PeerId::from("p1");
+    assert_eq!(serde_json::to_string(&id).ok(), Some(r#""p1""#.to_string()));
+    assert_eq!(serde_json::from_str::<PeerId>(r#""p1""#).ok(), Some(id.clone()));
+    assert_eq!(id.to_string(), "p1");
+    assert_eq!(id, "p1");
+}

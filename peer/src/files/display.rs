@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use protocol::PeerId;
+
 use super::{FileEvent, TransferId};
 
 /// The `--json` line of a file event (INTERFACES.md); `None` for progress, which is only drawn.
@@ -86,7 +88,7 @@ pub fn human_line(event: &FileEvent, who: &str, bars: Option<&mut ProgressBars>)
 
 impl FileEvent {
     /// The remote peer's id, when the event names one.
-    pub fn peer(&self) -> Option<&str> {
+    pub fn peer(&self) -> Option<&PeerId> {
         match self {
             FileEvent::Started { peer, .. }
             | FileEvent::Received { peer, .. }

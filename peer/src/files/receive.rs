@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
-use super::{
-    Answer, FileError, FileEvent, Header, Inbox, Incoming, Reporter, Step, next_transfer_id, sanitize_name,
-};
+use protocol::{FileAnswer, FileHeader, PeerId};
+use tokio::sync::Semaphore;
+
+use super::events::{Reporter, next_transfer_id};
+use super::{FileError, FileEvent, FileEvents, Incoming, Receiving, Step, sanitize_name};
 
 /// Incoming transfers at once, from all peers together. Each holds an open file and a write
 /// buffer; this bounds our file descriptors whatever the number of peers.
@@ -36,6 +38,23 @@ pub const BUSY: &str = "busy";
 const ANSWER_ACK_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a refused channel stays open for its sender to read the answer and close it.
 const REFUSED_CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What a link needs to accept incoming files: one per remote peer, since it holds that
+/// peer's slots.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    pub receiving: Receiving,
+    pub events: FileEvents,
+    /// This remote's running transfers (at most [`PER_PEER_INCOMING`]).
+    slots: Arc<Semaphore>,
+}
+
+impl Inbox {
+    /// The inbox of one remote peer, with all its slots free.
+    pub fn new(receiving: Receiving, events: FileEvents) -> Inbox {
+        Inbox { receiving, events, slots: Arc::new(Semaphore::new(PER_PEER_INCOMING)) }
+    }
+}
 
 /// Counts a running incoming transfer (all peers together) while it lives.
 struct GlobalSlot;
@@ -61,7 +80,7 @@ impl Drop for GlobalSlot {
 
 /// Receives one transfer on a `file` channel opened by `remote`, until the channel closes or
 /// stays silent for the inbox's idle time.
-pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox) {
+pub async fn receive(remote: PeerId, channel: Arc<dyn DataChannel>, inbox: Inbox) {
     // The remote's own slot first: a remote over its share never takes one of everyone's.
     let Ok(peer_slot) = inbox.slots.clone().try_acquire_owned() else {
         tracing::warn!(peer = %remote, "refusing a file: {PER_PEER_INCOMING} transfers from this peer are running");
@@ -94,8 +113,7 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
                     incoming.abandon();
                     slots = None;
                     idle_error = Some(error.to_string());
-                    answer(&remote, channel.as_ref(), &Answer { ok: false, error: Some(error.to_string()) })
-                        .await;
+                    answer(&remote, channel.as_ref(), &FileAnswer::refused(error.to_string())).await;
                 }
                 let _ = channel.close().await;
                 break;
@@ -110,7 +128,7 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
                 if message.is_string && claimed.is_empty() {
                     // For the failure event only: what the sender called it, made printable.
                     claimed =
-                        Header::parse(&message.data).map(|h| sanitize_name(&h.name)).unwrap_or_default();
+                        FileHeader::parse(&message.data).map(|h| sanitize_name(&h.name)).unwrap_or_default();
                 }
                 match incoming.on_message(message.is_string, &message.data) {
                     Ok(Step::Started { name, size }) => {
@@ -127,7 +145,7 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
                     Ok(Step::Progress(bytes)) => reporter.progress(bytes),
                     Ok(Step::Done(file)) => {
                         slots = None;
-                        answer(&remote, channel.as_ref(), &Answer { ok: true, error: None }).await;
+                        answer(&remote, channel.as_ref(), &FileAnswer::accepted()).await;
                         let elapsed = started.elapsed();
                         tracing::debug!(peer = %remote, "received {} ({} bytes) into {}", file.name, file.size, file.path.display());
                         reporter
@@ -138,8 +156,7 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
                         slots = None;
                         let error = error.to_string();
                         tracing::warn!(peer = %remote, "incoming file {claimed:?} failed: {error}");
-                        answer(&remote, channel.as_ref(), &Answer { ok: false, error: Some(error.clone()) })
-                            .await;
+                        answer(&remote, channel.as_ref(), &FileAnswer::refused(error.clone())).await;
                         reporter
                             .emit(FileEvent::Failed {
                                 peer: remote.clone(),
@@ -168,9 +185,9 @@ pub async fn receive(remote: String, channel: Arc<dyn DataChannel>, inbox: Inbox
 /// sender closes the channel when it reads the answer (PROTOCOL.md); we close it ourselves only
 /// if it has not within [`REFUSED_CLOSE_DEADLINE`]. Closing at once made a sender that had not
 /// yet sent its header fail on "data channel closed" before reading why.
-pub async fn refuse(remote: &str, channel: &dyn DataChannel, reason: &str) {
+pub async fn refuse(remote: &PeerId, channel: &dyn DataChannel, reason: &str) {
     let answered = async {
-        answer(remote, channel, &Answer { ok: false, error: Some(reason.to_string()) }).await;
+        answer(remote, channel, &FileAnswer::refused(reason)).await;
         // Whatever the sender still sends (its header, bytes already on the way) is dropped.
         while let Some(event) = channel.poll().await {
             if matches!(event, DataChannelEvent::OnClose) {
@@ -185,7 +202,7 @@ pub async fn refuse(remote: &str, channel: &dyn DataChannel, reason: &str) {
 }
 
 /// Sends the answer and waits (bounded) until the remote acknowledged it.
-async fn answer(remote: &str, channel: &dyn DataChannel, answer: &Answer) {
+async fn answer(remote: &PeerId, channel: &dyn DataChannel, answer: &FileAnswer) {
     if let Err(e) = channel.send_text(&answer.to_json()).await {
         tracing::debug!(peer = %remote, "cannot answer on the file channel: {e}");
         return;

@@ -12,10 +12,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
-use super::{
-    Answer, CHUNK_BYTES, FILE_LABEL, FileError, FileEvent, FileEvents, Header, Reporter, next_transfer_id,
-    sanitize_name,
-};
+use protocol::{FILE_LABEL, FileAnswer, FileHeader, MAX_FILE_CHUNK_BYTES, PeerId};
+
+use super::events::{Reporter, next_transfer_id};
+use super::{FileError, FileEvent, FileEvents, sanitize_name};
 use crate::channels::ChannelOpener;
 
 /// How long an "ok" that arrives while the last `send` has not returned waits for it.
@@ -25,7 +25,7 @@ const LAST_SEND_DEADLINE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     pub path: PathBuf,
-    pub header: Header,
+    pub header: FileHeader,
 }
 
 impl Outgoing {
@@ -48,7 +48,7 @@ impl Outgoing {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Outgoing {
             path: path.to_path_buf(),
-            header: Header { name: sanitize_name(&name), size, sha256: hex::encode(hasher.finalize()) },
+            header: FileHeader { name: sanitize_name(&name), size, sha256: hex::encode(hasher.finalize()) },
         })
     }
 }
@@ -68,7 +68,7 @@ pub enum Corruption {
 /// Sends `file` to `remote` on a new `file` channel from `opener` and reports the outcome as
 /// [`FileEvent::Sent`]. `corrupt` is for tests only.
 pub async fn send(
-    remote: String,
+    remote: PeerId,
     opener: ChannelOpener,
     file: Arc<Outgoing>,
     corrupt: Option<Corruption>,
@@ -147,8 +147,7 @@ async fn send_on(
             }
             event = channel.poll() => match event {
                 Some(DataChannelEvent::OnMessage(message)) if message.is_string => {
-                    let answer: Answer = serde_json::from_slice(&message.data)
-                        .map_err(|e| FileError::BadAnswer(e.to_string()))?;
+                    let answer = FileAnswer::parse(&message.data).map_err(FileError::BadAnswer)?;
                     if !answer.ok {
                         return Err(FileError::Refused(answer.error.unwrap_or_else(|| "no reason given".into())));
                     }
@@ -180,7 +179,7 @@ async fn refusal_in_queue(channel: &dyn DataChannel) -> Option<FileError> {
         loop {
             match channel.poll().await {
                 Some(DataChannelEvent::OnMessage(message)) if message.is_string => {
-                    let answer: Answer = serde_json::from_slice(&message.data).ok()?;
+                    let answer = FileAnswer::parse(&message.data).ok()?;
                     return (!answer.ok).then(|| {
                         FileError::Refused(answer.error.unwrap_or_else(|| "no reason given".into()))
                     });
@@ -193,7 +192,7 @@ async fn refusal_in_queue(channel: &dyn DataChannel) -> Option<FileError> {
     tokio::time::timeout(Duration::from_millis(200), look).await.ok().flatten()
 }
 
-/// Streams the first `limit` of `size` bytes of `path` in [`CHUNK_BYTES`] messages. `send`
+/// Streams the first `limit` of `size` bytes of `path` in [`MAX_FILE_CHUNK_BYTES`] messages. `send`
 /// waits while the channel's unacknowledged bytes are at the send-buffer limit: that is the
 /// back-pressure that keeps at most one window of the file in memory.
 async fn send_bytes(
@@ -206,9 +205,9 @@ async fn send_bytes(
     let context = || format!("cannot read {}", path.display());
     let mut file = tokio::fs::File::open(path).await.map_err(FileError::io(context()))?;
     let mut sent = 0u64;
-    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut buf = vec![0u8; MAX_FILE_CHUNK_BYTES];
     while sent < limit {
-        let want = (limit - sent).min(CHUNK_BYTES as u64) as usize;
+        let want = (limit - sent).min(MAX_FILE_CHUNK_BYTES as u64) as usize;
         let n = file.read(&mut buf[..want]).await.map_err(FileError::io(context()))?;
         if n == 0 {
             return Err(FileError::Io {

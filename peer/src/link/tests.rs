@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use protocol::{MAX_CHAT_LINE_BYTES, Signal};
+use protocol::{MAX_CHAT_LINE_BYTES, PeerId, Signal};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -41,7 +41,7 @@ async fn pair(wire: Wire) -> Pair {
 
 /// [`pair`] with `b`'s options.
 async fn pair_with(wire: Wire, b_options: LinkOptions) -> Pair {
-    let (tx, mut rx) = mpsc::channel::<(String, LinkEvent)>(256);
+    let (tx, mut rx) = mpsc::channel::<(PeerId, LinkEvent)>(256);
     let a = Link::new("b".into(), true, &loopback(), tx.clone()).await.expect("link a");
     let b = Link::new("a".into(), false, &b_options, tx).await.expect("link b");
     let (a_out, a_events) = mpsc::channel(256);
@@ -218,10 +218,13 @@ async fn lines_over_the_limit_are_refused_locally_and_lines_at_it_arrive() {
 
 #[test]
 fn binary_oversized_and_invalid_utf8_chat_messages_are_ignored() {
-    assert_eq!(chat_line("r", true, BytesMut::from(&b"ok"[..])), Some("ok".to_string()));
-    assert_eq!(chat_line("r", false, BytesMut::from(&b"ok"[..])), None);
-    assert_eq!(chat_line("r", true, BytesMut::from(&[0xff, 0xfe][..])), None);
-    assert_eq!(chat_line("r", true, BytesMut::from(vec![b'a'; MAX_CHAT_LINE_BYTES + 1].as_slice())), None);
+    assert_eq!(chat_line(&PeerId::from("r"), true, BytesMut::from(&b"ok"[..])), Some("ok".to_string()));
+    assert_eq!(chat_line(&PeerId::from("r"), false, BytesMut::from(&b"ok"[..])), None);
+    assert_eq!(chat_line(&PeerId::from("r"), true, BytesMut::from(&[0xff, 0xfe][..])), None);
+    assert_eq!(
+        chat_line(&PeerId::from("r"), true, BytesMut::from(vec![b'a'; MAX_CHAT_LINE_BYTES + 1].as_slice())),
+        None
+    );
 }
 
 /// A pair whose `b` stores incoming files, and a small file for `a` to send.

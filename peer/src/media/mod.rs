@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use protocol::PeerId;
 use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{configure_nack, configure_rtcp_reports};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine};
@@ -35,7 +36,7 @@ use webrtc::peer_connection::PeerConnection;
 pub use ivf::VideoFile;
 pub use ogg::AudioFile;
 
-use crate::link::lock;
+use crate::sync::lock;
 
 /// Media events queued for the mesh; a track's events wait when it is full.
 pub const MEDIA_EVENT_QUEUE: usize = 256;
@@ -93,15 +94,15 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MediaEvent {
     /// A remote track started arriving.
-    Track { peer: String, kind: Kind },
+    Track { peer: PeerId, kind: Kind },
     /// A remote track ended: `frames` written (with `--record`, to `path`), else received.
-    TrackEnded { peer: String, kind: Kind, frames: u64, path: Option<PathBuf> },
+    TrackEnded { peer: PeerId, kind: Kind, frames: u64, path: Option<PathBuf> },
     /// `--expect-frames` is reached.
     FramesExpected,
 }
 
 impl MediaEvent {
-    pub fn peer(&self) -> Option<&str> {
+    pub fn peer(&self) -> Option<&PeerId> {
         match self {
             MediaEvent::Track { peer, .. } | MediaEvent::TrackEnded { peer, .. } => Some(peer),
             MediaEvent::FramesExpected => None,
@@ -218,7 +219,7 @@ impl Media {
     }
 
     /// The media half of a new link to `remote`.
-    pub fn for_link(self: &Arc<Self>, remote: String) -> LinkMedia {
+    pub fn for_link(self: &Arc<Self>, remote: PeerId) -> LinkMedia {
         LinkMedia {
             media: self.clone(),
             remote,
@@ -261,7 +262,7 @@ impl Media {
 #[derive(Debug)]
 pub struct LinkMedia {
     media: Arc<Media>,
-    remote: String,
+    remote: PeerId,
     /// Weak: the connection's handler holds this, and the connection holds its handler.
     pc: OnceLock<Weak<dyn PeerConnection>>,
     connected: watch::Sender<bool>,

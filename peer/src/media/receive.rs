@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use protocol::PeerId;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
@@ -18,7 +19,7 @@ use webrtc::rtp_transceiver::RtpSender;
 use super::ivf::{IvfWriter, Vp8Assembler};
 use super::ogg::OggOpusWriter;
 use super::{Kind, Media, MediaEvent, codec, keyframes, naming};
-use crate::link::lock;
+use crate::sync::lock;
 
 /// How often a video receiver that echoes asks the sender for a keyframe: the echo's own
 /// receiver may have joined mid-stream, and webrtc-rs hands us no RTCP from it to forward.
@@ -36,7 +37,7 @@ enum Recorder {
 /// What is known about one incoming track; ended exactly once, by its task or at exit.
 #[derive(Debug)]
 pub(super) struct TrackState {
-    peer: String,
+    peer: PeerId,
     kind: Kind,
     recorder: Option<Recorder>,
     path: Option<PathBuf>,
@@ -92,7 +93,7 @@ impl TrackState {
 /// Serves one remote track until it ends or the link stops.
 pub(super) async fn serve(
     media: Arc<Media>,
-    remote: String,
+    remote: PeerId,
     pc: Option<Weak<dyn PeerConnection>>,
     track: Arc<dyn TrackRemote>,
     stop: CancellationToken,
@@ -204,13 +205,13 @@ pub(super) async fn serve(
 /// Opens the recording for a track, when `--record` is on.
 fn start_recording(
     media: &Media,
-    remote: &str,
+    remote: &PeerId,
     track_id: &str,
     kind: Kind,
 ) -> std::io::Result<Option<(Recorder, PathBuf)>> {
     let Some(dir) = &media.options.record else { return Ok(None) };
     std::fs::create_dir_all(dir)?;
-    let base = naming::base_name(remote, track_id, kind.as_str());
+    let base = naming::base_name(remote.as_str(), track_id, kind.as_str());
     let ext = if kind == Kind::Video { "ivf" } else { "ogg" };
     let (path, file) = naming::create(dir, &base, ext)?;
     let recorder = match kind {
@@ -233,7 +234,7 @@ struct Echo {
 impl Echo {
     /// Adds the echo track: webrtc-rs puts it on the transceiver that brought the remote's track
     /// when it can, and the connection renegotiates.
-    async fn start(pc: &Arc<dyn PeerConnection>, kind: Kind, remote: &str) -> Option<Echo> {
+    async fn start(pc: &Arc<dyn PeerConnection>, kind: Kind, remote: &PeerId) -> Option<Echo> {
         let ssrc = rand::random::<u32>();
         let codec = codec(kind);
         let mime = codec.mime_type.clone();

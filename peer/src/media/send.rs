@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use protocol::PeerId;
 use rtc::media::Sample;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
@@ -113,7 +114,7 @@ struct Player {
     pc: Weak<dyn PeerConnection>,
     ssrc: u32,
     mime: String,
-    remote: String,
+    remote: PeerId,
 }
 
 impl Player {

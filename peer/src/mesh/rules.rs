@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use protocol::{ErrorCode, IceServer, MAX_CHAT_LINE_BYTES, PeerInfo, Signal, Welcome};
+use protocol::{ErrorCode, IceServer, MAX_CHAT_LINE_BYTES, PeerId, Signal, Welcome};
 
 use crate::files::FileEvent;
 use crate::link::LinkEvent;
@@ -32,7 +32,7 @@ use crate::signaling::SignalingEvent;
 /// One link: the remote's id and which of the links to that remote it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LinkId {
-    pub peer: String,
+    pub peer: PeerId,
     pub generation: u64,
 }
 
@@ -75,7 +75,7 @@ pub enum Command {
     /// Hand a signal from the remote to its link.
     Deliver { link: LinkId, signal: Signal },
     /// Relay a link's signal to the remote through the server.
-    Relay { from: String, to: String, signal: Signal },
+    Relay { from: PeerId, to: PeerId, signal: Signal },
     /// Queue a chat line on the link's `chat` channel (never waiting on it).
     SendChat { link: LinkId, text: String },
     /// Start sending every `--send-file` on the link.
@@ -108,18 +108,18 @@ pub struct RulesOptions {
 #[derive(Debug, Default)]
 pub struct Rules {
     options: RulesOptions,
-    self_id: Option<String>,
+    self_id: Option<PeerId>,
     ice_servers: Vec<IceServer>,
     /// Members of the room besides us: id → name.
-    members: HashMap<String, String>,
+    members: HashMap<PeerId, String>,
     /// The current link to each remote.
-    links: HashMap<String, u64>,
+    links: HashMap<PeerId, u64>,
     /// Links closed and not yet ended.
     closing: HashSet<LinkId>,
     /// Peers the server said left, whose `peer_left` waits for their closing links to end.
-    leaving: HashSet<String>,
+    leaving: HashSet<PeerId>,
     /// Peers whose `channel_open` was reported and whose `channel_closed` was not yet.
-    open: HashSet<String>,
+    open: HashSet<PeerId>,
     next_generation: u64,
     /// A `welcome` waiting for the `peer_left`s it caused, and the server messages behind it.
     held_welcome: Option<Welcome>,
@@ -137,8 +137,8 @@ impl Rules {
     }
 
     /// Our own id, once welcomed.
-    pub fn self_id(&self) -> Option<&str> {
-        self.self_id.as_deref()
+    pub fn self_id(&self) -> Option<&PeerId> {
+        self.self_id.as_ref()
     }
 
     /// Decides what `input` means; returns the commands in the order they are to be carried out.
@@ -181,8 +181,8 @@ impl Rules {
         self.links.get(&link.peer) == Some(&link.generation)
     }
 
-    fn current_link(&self, peer: &str) -> Option<LinkId> {
-        self.links.get(peer).map(|&generation| LinkId { peer: peer.to_string(), generation })
+    fn current_link(&self, peer: &PeerId) -> Option<LinkId> {
+        self.links.get(peer).map(|&generation| LinkId { peer: peer.clone(), generation })
     }
 
     fn server(&mut self, event: SignalingEvent) {
@@ -193,10 +193,11 @@ impl Rules {
         match event {
             SignalingEvent::Welcome(welcome) => self.welcome(welcome),
             SignalingEvent::PeerJoined(peer) => {
-                self.members.insert(peer.id.clone(), peer.name.clone());
-                self.emit(Event::PeerJoined { id: peer.id.clone(), name: peer.name });
+                let id = PeerId::from(peer.id);
+                self.members.insert(id.clone(), peer.name.clone());
+                self.emit(Event::PeerJoined { id: id.clone(), name: peer.name });
                 // Impolite toward a peer announced by `peer_joined`; it will offer.
-                self.open_link(&peer.id, false, false);
+                self.open_link(&id, false, false);
             }
             SignalingEvent::PeerLeft(id) => self.remove_peer(&id),
             SignalingEvent::Signal { from, signal } => {
@@ -229,10 +230,10 @@ impl Rules {
     }
 
     fn welcome(&mut self, welcome: Welcome) {
-        let resumed = welcome.resumed && self.self_id.as_deref() == Some(welcome.id.as_str());
-        let gone: Vec<String> = if resumed {
+        let resumed = welcome.resumed && self.self_id.as_ref().is_some_and(|me| *me == *welcome.id);
+        let gone: Vec<PeerId> = if resumed {
             // Keep every connection; drop only peers that left while we were away.
-            self.members.keys().filter(|id| !welcome.peers.iter().any(|p| &p.id == *id)).cloned().collect()
+            self.members.keys().filter(|id| !welcome.peers.iter().any(|p| **id == *p.id)).cloned().collect()
         } else if self.self_id.is_some() {
             // Refused resume (a server restart, or grace ran out): every old id is gone.
             tracing::info!("resume refused; rebuilding the mesh as a newcomer");
@@ -255,31 +256,31 @@ impl Rules {
     /// The part of a `welcome` after its removals.
     fn take_welcome(&mut self, welcome: Welcome, resumed: bool) {
         self.ice_servers = welcome.ice_servers.clone();
-        self.self_id = Some(welcome.id.clone());
+        self.self_id = Some(PeerId::from(welcome.id.as_str()));
         for p in &welcome.peers {
-            self.members.insert(p.id.clone(), p.name.clone());
+            self.members.insert(PeerId::from(p.id.as_str()), p.name.clone());
         }
         self.emit(Event::Welcome {
-            id: welcome.id.clone(),
+            id: PeerId::from(welcome.id.as_str()),
             room: welcome.room.clone(),
             peers: welcome.peers.clone(),
             resumed,
         });
         if !resumed {
             // The newcomer offers, and is polite, toward everyone already there.
-            for PeerInfo { id, .. } in &welcome.peers {
-                self.open_link(id, true, true);
+            for peer in &welcome.peers {
+                self.open_link(&PeerId::from(peer.id.as_str()), true, true);
             }
         }
     }
 
-    fn open_link(&mut self, peer: &str, polite: bool, offer: bool) {
+    fn open_link(&mut self, peer: &PeerId, polite: bool, offer: bool) {
         if let Some(old) = self.current_link(peer) {
             self.close_link(old);
         }
         self.next_generation += 1;
-        let link = LinkId { peer: peer.to_string(), generation: self.next_generation };
-        self.links.insert(peer.to_string(), link.generation);
+        let link = LinkId { peer: peer.clone(), generation: self.next_generation };
+        self.links.insert(peer.clone(), link.generation);
         let ice_servers = self.ice_servers.clone();
         self.out.push(Command::OpenLink { link, polite, offer, ice_servers });
     }
@@ -296,7 +297,7 @@ impl Rules {
 
     /// The server says `id` left: close its link, and report `peer_left` once every link of
     /// its has ended (see the module docs).
-    fn remove_peer(&mut self, id: &str) {
+    fn remove_peer(&mut self, id: &PeerId) {
         if self.leaving.contains(id) {
             return;
         }
@@ -306,24 +307,24 @@ impl Rules {
             self.closing.insert(link.clone());
             self.out.push(Command::CloseLink { link });
         }
-        if self.closing.iter().any(|l| l.peer == id) {
-            self.leaving.insert(id.to_string());
+        if self.closing.iter().any(|l| l.peer == *id) {
+            self.leaving.insert(id.clone());
         } else {
             self.peer_gone(id);
         }
     }
 
-    fn peer_gone(&mut self, id: &str) {
+    fn peer_gone(&mut self, id: &PeerId) {
         self.report_closed(id);
         if self.members.remove(id).is_some() {
-            self.emit(Event::PeerLeft { id: id.to_string() });
+            self.emit(Event::PeerLeft { id: id.clone() });
         }
     }
 
     /// `channel_closed`, once per reported `channel_open`.
-    fn report_closed(&mut self, peer: &str) {
+    fn report_closed(&mut self, peer: &PeerId) {
         if self.open.remove(peer) {
-            self.emit(Event::ChannelClosed { peer: peer.to_string() });
+            self.emit(Event::ChannelClosed { peer: peer.clone() });
         }
     }
 
@@ -342,7 +343,7 @@ impl Rules {
         if self.leaving.is_empty()
             && let Some(welcome) = self.held_welcome.take()
         {
-            let resumed = welcome.resumed && self.self_id.as_deref() == Some(welcome.id.as_str());
+            let resumed = welcome.resumed && self.self_id.as_ref().is_some_and(|me| *me == *welcome.id);
             self.take_welcome(welcome, resumed);
             while self.held_welcome.is_none()
                 && let Some(event) = self.held.pop_front()
