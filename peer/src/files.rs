@@ -21,9 +21,14 @@
 //!
 //! Memory stays bounded on both sides. The sender reads one chunk at a time and `send` waits
 //! while the channel has [`crate::transport::SEND_BUFFER_LIMIT`] bytes unacknowledged (webrtc-rs's
-//! form of `bufferedAmount` + `bufferedamountlow`). The receiver writes each chunk before it
-//! polls for the next; webrtc-rs delivers channel events through a bounded queue and stops
-//! reading SCTP when it is full, so the remote's window closes instead of our memory growing.
+//! form of `bufferedAmount` + `bufferedamountlow`). The receiver hands chunks to its writer (on
+//! the blocking pool: file-system calls block) through a short queue and stops reading the
+//! channel while that queue is full; webrtc-rs delivers channel events through a bounded queue
+//! and stops reading SCTP when it is full, so the remote's window closes instead of our memory
+//! growing.
+//!
+//! Temporary files never outlive the process: each is removed when its transfer ends, and
+//! [`remove_temp_files`] removes any still there when the peer exits, whatever made it exit.
 
 mod display;
 mod error;
@@ -46,6 +51,7 @@ pub use receive::{
     BUSY, DEFAULT_IDLE, Inbox, MAX_INCOMING, NOT_ACCEPTING, PER_PEER_INCOMING, receive, refuse,
 };
 pub use send::{Corruption, Outgoing, send};
+pub use temp::remove_temp_files;
 
 #[cfg(test)]
 mod tests;

@@ -109,6 +109,10 @@ struct Args {
     /// that tests need not wait 30 s. Hidden from --help.
     #[arg(long, value_name = "D", hide = true, value_parser = humantime::parse_duration)]
     test_file_idle: Option<Duration>,
+    /// TESTING ONLY: make the receiver's writer wait D before each chunk, like a disk too slow
+    /// to finish before the peer exits. Hidden from --help.
+    #[arg(long, value_name = "D", hide = true, value_parser = humantime::parse_duration)]
+    test_file_write_delay: Option<Duration>,
     /// TESTING ONLY: break every file this peer sends, to test receivers: `hash` announces a
     /// wrong SHA-256, `truncate` closes the channel after half the bytes. Hidden from --help.
     #[arg(long, value_name = "HOW", hide = true)]
@@ -242,7 +246,8 @@ async fn run(
         },
         files: FileOptions {
             send: outgoing,
-            receive: receiving(args.receive_dir, args.expect_files, args.max_file_size, args.test_file_idle),
+            receive: receiving(args.receive_dir, args.expect_files, args.max_file_size, args.test_file_idle)
+                .map(|r| Receiving { test_write_delay: args.test_file_write_delay, ..r }),
             expect: args.expect_files,
             corrupt: args.test_corrupt_file,
         },
@@ -250,6 +255,13 @@ async fn run(
     };
     let mut output = Output::new(args.json);
     let outcome = mesh::run(options, signaling, server_rx, inputs, &mut |event| output.emit(&event)).await;
+    // The mesh closed every link, which ends their transfers and removes their temporary
+    // files, but only within a bounded wait: a transfer still busy (its writer behind a slow
+    // disk) would leave its `.part` file, since `process::exit` runs no destructor.
+    let removed = tokio::task::spawn_blocking(files::remove_temp_files).await.unwrap_or(0);
+    if removed > 0 {
+        tracing::debug!("removed {removed} temporary files of unfinished transfers");
+    }
     tasks.close();
     if tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await.is_err() {
         tracing::debug!("signaling task still running at exit");
@@ -289,6 +301,7 @@ fn receiving(
         dir: std::path::absolute(&dir).unwrap_or(dir),
         max_size,
         idle: idle.unwrap_or(files::DEFAULT_IDLE),
+        test_write_delay: None,
     })
 }
 

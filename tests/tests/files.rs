@@ -719,6 +719,60 @@ fn a_stalled_transfer_fails_after_the_idle_time_and_leaves_nothing() {
     });
 }
 
+/// A receiver that exits in the middle of a transfer, whatever makes it exit, leaves no
+/// temporary (`.part`) file in its receive dir: by SIGTERM (Ctrl-C), by the end of its stdin, by
+/// `--expect` reached (a third peer's line), and by `--timeout`. Its writer waits 2 s before each
+/// chunk (`--test-file-write-delay`, a disk too slow to keep up), so the transfer is surely
+/// still running when the receiver is told to stop, and still busy when the peer's bounded wait
+/// for its links runs out: the race between the exit and a busy transfer, made deterministic.
+#[test]
+fn a_receiver_exiting_mid_transfer_leaves_no_temporary_file() {
+    isolated_with_timeout(Duration::from_secs(300), || async {
+        let server = Server::start(&[]).await;
+        let scratch = Scratch::new("files", "exiting");
+        let bait = scratch.join("slow.bin");
+        write_random(&bait, 256 * KIB);
+        for how in ["SIGTERM", "end of stdin", "--expect", "--timeout"] {
+            let inbox = scratch.join(&format!("inbox-{}", how.replace(' ', "-")));
+            let mut args =
+                vec!["--name", "bob", "--receive-dir", path_str(&inbox), "--test-file-write-delay", "2s"];
+            match how {
+                "--expect" => args.extend(["--expect", "1"]),
+                // Long enough to connect on a busy machine, shorter than the 16 chunks' 32 s.
+                "--timeout" => args.extend(["--timeout", "20s"]),
+                _ => {}
+            }
+            let mut bob = Peer::spawn(&server, &args).await;
+            bob.joined().await;
+            let mut mallory =
+                Peer::spawn(&server, &["--name", "mallory", "--send-file", path_str(&bait)]).await;
+            mallory.joined().await;
+            // The header arrived: the temporary file exists; its bytes trickle in for 32 s.
+            let give_up = Instant::now() + tests::DEFAULT_DEADLINE;
+            while !entries(&inbox).iter().any(|n| n.ends_with(".part")) {
+                assert!(Instant::now() < give_up, "{how}: no temporary file in bob's receive dir");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut carol = None;
+            match how {
+                "SIGTERM" => bob.terminate(),
+                "end of stdin" => bob.close_stdin(),
+                "--expect" => carol = Some(Peer::spawn(&server, &["--name", "carol", "--send", "hi"]).await),
+                _ => {}
+            }
+            let code = bob.wait_exit().await;
+            let expected = if how == "--timeout" { Some(1) } else { Some(0) };
+            assert_eq!(code, expected, "{how}: bob's exit code");
+            bob.assert_none("file_received", |e| is(e, "file_received"));
+            assert_eq!(entries(&inbox), Vec::<String>::new(), "{how}: bob left a file behind");
+            mallory.kill().await;
+            if let Some(mut carol) = carol {
+                carol.kill().await;
+            }
+        }
+    });
+}
+
 /// The page takes no file over 1 GiB (it holds received files in memory): the header is
 /// answered `{"ok":false}` at once, the row shows `failed`, the sender hears "too large". The
 /// sender's file is sparse, so the test writes nothing near a gigabyte to disk.

@@ -51,8 +51,8 @@ struct Partial {
     received: u64,
 }
 
-/// The receiving side of one transfer (see the module docs). Plain synchronous file I/O: one
-/// chunk is at most 16 KiB into the page cache, which costs less than handing it to a thread.
+/// The receiving side of one transfer (see the module docs). Plain synchronous file I/O, so it
+/// blocks: `receive` runs it on the blocking pool, never on an async worker.
 pub struct Incoming {
     dir: PathBuf,
     /// Largest size a header may announce.

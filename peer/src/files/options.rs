@@ -20,6 +20,9 @@ pub struct Receiving {
     pub max_size: u64,
     /// An incoming transfer that receives nothing this long fails.
     pub idle: Duration,
+    /// Tests only (`--test-file-write-delay`): the receiver's writer waits this long before each
+    /// chunk, a disk too slow to finish before the peer exits.
+    pub test_write_delay: Option<Duration>,
 }
 
 /// What the command line asked for about files.

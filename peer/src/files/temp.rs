@@ -1,8 +1,20 @@
 //! The receive directory's side of a transfer: free space, and the temporary file the bytes go
 //! to until they are verified, then linked under a name that clashes with nothing.
+//!
+//! A temporary file is removed when its [`TempFile`] drops, and also when the peer exits
+//! ([`remove_temp_files`]): the peer ends with `std::process::exit`, which runs no destructor,
+//! so a transfer still running at exit (Ctrl-C, `--timeout`, `--expect` reached, end of stdin)
+//! would otherwise leave its `.part` file behind.
+//!
+//! Everything here blocks on the file system: it runs on the blocking pool, never on an async
+//! worker (see `receive`).
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 
 use super::FileError;
 use super::names::candidate_name;
@@ -13,6 +25,23 @@ pub(crate) const TEMP_PREFIX: &str = ".switchboard-";
 /// How many " (n)" suffixes to try before giving up on a free name.
 const MAX_SUFFIX: u32 = 10_000;
 
+/// Every temporary file of this process; `None` once [`remove_temp_files`] ran, after which no
+/// new one is created. Creating, removing and the exit's sweep hold the lock, so a file cannot
+/// be created behind the sweep.
+static LIVE: Mutex<Option<BTreeSet<PathBuf>>> = Mutex::new(Some(BTreeSet::new()));
+
+/// Removes every temporary file still there, and refuses new ones: call it when exiting.
+/// Returns how many were removed.
+pub fn remove_temp_files() -> usize {
+    let Some(paths) = lock(&LIVE).take() else { return 0 };
+    for path in &paths {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!("cannot remove {}: {e}", path.display());
+        }
+    }
+    paths.len()
+}
+
 /// A temporary file that is removed when dropped, unless it was [`TempFile::persist`]ed.
 #[derive(Debug)]
 pub(crate) struct TempFile {
@@ -21,11 +50,16 @@ pub(crate) struct TempFile {
 
 impl TempFile {
     pub(crate) fn create(dir: &Path) -> Result<(TempFile, File), FileError> {
+        let mut live = lock(&LIVE);
+        let Some(paths) = live.as_mut() else { return Err(FileError::Exiting) };
         for _ in 0..16 {
             let path = dir.join(format!("{TEMP_PREFIX}{:016x}.part", rand::random::<u64>()));
             // create_new: never opens an existing file or follows a planted symlink.
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => return Ok((TempFile { path: Some(path) }, file)),
+                Ok(file) => {
+                    paths.insert(path.clone());
+                    return Ok((TempFile { path: Some(path) }, file));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(FileError::io(format!("cannot create a file in {}", dir.display()))(e)),
             }
@@ -65,7 +99,10 @@ impl TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if let Some(path) = self.path.take()
+        let Some(path) = self.path.take() else { return };
+        let mut live = lock(&LIVE);
+        // Not in the set: the exit's sweep removed it already.
+        if live.as_mut().is_some_and(|paths| paths.remove(&path))
             && let Err(e) = std::fs::remove_file(&path)
         {
             tracing::warn!("cannot remove {}: {e}", path.display());

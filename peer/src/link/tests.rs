@@ -247,6 +247,7 @@ async fn file_pair(name: &str) -> FilePair {
         dir: dir.join("in"),
         max_size: files::DEFAULT_MAX_FILE_SIZE,
         idle: files::DEFAULT_IDLE,
+        test_write_delay: None,
     };
     let inbox = Inbox::new(receiving, received_tx);
     let mut pair = pair_with(Wire::Trickle, LinkOptions { inbox: Some(inbox), ..loopback() }).await;
