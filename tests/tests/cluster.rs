@@ -553,3 +553,64 @@ fn members_in_grace_count_against_their_ip_and_their_room_on_the_instance_they_l
         b.wait_for_metric("switchboard_rooms", 0.0).await;
     });
 }
+
+/// The mirror's two inputs race: pub/sub delivers numbered messages while a catch-up reads the
+/// stream after a gap. Here Redis drops both instances' pub/sub connections every 20 ms (each
+/// drop loses publishes and starts a catch-up of every member) while four pairs split over the
+/// instances exchange 300 signals each way: every signal arrives once, in order, numbered one
+/// after another.
+#[test]
+fn no_signal_is_lost_or_doubled_while_pub_sub_drops_race_the_catch_up() {
+    isolated(|| async {
+        const PAIRS: usize = 4;
+        const SIGNALS: u64 = 300;
+        let redis = Redis::start().await;
+        let (a, b) = two_instances(&redis, &["--no-rate-limit"]).await;
+        let mut clients = Vec::new();
+        for pair in 0..PAIRS {
+            let room = format!("s{pair}");
+            let (mut first, first_welcome) = Client::join(&a, &room, "a").await;
+            let (second, second_welcome) = Client::join(&b, &room, "b").await;
+            first.expect("peer_joined").await;
+            clients.push((first, second_welcome["id"].clone(), 1));
+            clients.push((second, first_welcome["id"].clone(), 0));
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let killer = {
+            let stop = std::sync::Arc::clone(&stop);
+            let port = redis.port();
+            tokio::spawn(async move {
+                let mut kills = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && kills < 1500 {
+                    let mut redis = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("Redis");
+                    tokio::io::AsyncWriteExt::write_all(&mut redis, b"CLIENT KILL TYPE pubsub\r\n")
+                        .await
+                        .expect("sent");
+                    let mut answer = [0u8; 64];
+                    let _ = tokio::io::AsyncReadExt::read(&mut redis, &mut answer).await;
+                    kills += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                kills
+            })
+        };
+        let runs = clients.into_iter().map(|(mut client, to, seq_before)| async move {
+            for n in 1..=SIGNALS {
+                client.send(signal_to(&to, n)).await;
+            }
+            for n in 1..=SIGNALS {
+                let signal = client.expect("signal").await;
+                assert_eq!(
+                    (number_of(&signal), signal["seq"].as_u64()),
+                    (n, Some(seq_before + n)),
+                    "{signal}"
+                );
+            }
+            client.expect_silence(Duration::from_millis(300)).await;
+        });
+        futures_util::future::join_all(runs).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let kills = killer.await.expect("killer");
+        assert!(kills > 1, "the pub/sub connections were dropped while the signals flowed");
+    });
+}
