@@ -614,3 +614,37 @@ fn no_signal_is_lost_or_doubled_while_pub_sub_drops_race_the_catch_up() {
         assert!(kills > 1, "the pub/sub connections were dropped while the signals flowed");
     });
 }
+
+/// What Redis keeps of a member's messages is bounded by time as well as by count: messages
+/// numbered more than a grace period before the latest mark are trimmed (one to two grace
+/// periods while messages keep coming), and what a resume needs, the last grace period, stays.
+#[test]
+fn redis_keeps_a_member_s_messages_for_one_to_two_grace_periods() {
+    isolated(|| async {
+        let redis = Redis::start().await;
+        let (a, b) = two_instances(&redis, &["--resume-grace", "1s"]).await;
+        let (mut ana, _) = Client::join(&a, "x", "ana").await;
+        let (mut bob, bob_welcome) = Client::join(&b, "x", "bob").await;
+        ana.expect("peer_joined").await;
+        let bob_id = bob_welcome["id"].as_str().expect("id").to_owned();
+        let stream_len = || async { redis.command(&format!("XLEN sb:{{x}}:q:{bob_id}")).await };
+        for n in 1..=5 {
+            ana.send(signal_to(&bob_welcome["id"], n)).await;
+            assert_eq!(number_of(&bob.expect("signal").await), n);
+        }
+        assert_eq!(stream_len().await, ":5");
+        // Two grace periods pass, with a message after each.
+        for n in 6..=7 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            ana.send(signal_to(&bob_welcome["id"], n)).await;
+            assert_eq!(number_of(&bob.expect("signal").await), n);
+        }
+        assert_eq!(stream_len().await, ":2", "1 to 5 are more than a grace period old: trimmed");
+        drop(bob);
+        let (mut back, welcome) = Client::resume(&a, "x", &bob_welcome, 5).await;
+        assert_eq!(welcome["resumed"], true, "the last grace period is kept");
+        assert_eq!(number_of(&back.expect("signal").await), 6);
+        assert_eq!(number_of(&back.expect("signal").await), 7);
+        back.expect_silence(Duration::from_millis(300)).await;
+    });
+}

@@ -248,6 +248,7 @@ impl Cluster {
             .arg(&session)
             .arg(self.room_size)
             .arg(announcement)
+            .arg(self.grace_ms())
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(|e| busy(&e))?;

@@ -5,7 +5,7 @@
 --
 -- A member M of R: "P m:M" (hash: name, token, owner = instance or "" while in grace, session =
 -- the connection it was last on, seq = the latest number given, written = the latest number its
--- last connection surely wrote), "P q:M" (stream: its numbered messages, entry id "seq-0", field
+-- last connection surely wrote, grace = the grace period in ms, mark_seq/mark_at = retention), "P q:M" (stream: its numbered messages, entry id "seq-0", field
 -- f = the frame), "P tok:T" (its resume token). "P members" orders the room (zset, join order),
 -- "P order" counts joins.
 
@@ -23,13 +23,30 @@ end
 -- Numbers `open` (a JSON object without its closing brace) with the member's next seq, keeps it
 -- in the member's stream and hands it to the instance the member is connected to, if any
 -- ("d room id seq frame" on the instance's channel).
+--
+-- Retention: the stream keeps at least the messages of the last grace period (PROTOCOL.md), and
+-- not much more. The member's hash holds a mark (mark_seq, the latest seq when it was set, and
+-- mark_at); once a grace period has passed since the mark, the messages up to it (all numbered
+-- at least a grace period ago) are trimmed and the mark moves to now. So a message is kept one
+-- to two grace periods while messages keep coming, and at most RETAIN entries in any case.
 local function deliver(room, id, open)
   local P = prefix(room)
   local m = P .. 'm:' .. id
+  local q = P .. 'q:' .. id
   local seq = redis.call('HINCRBY', m, 'seq', 1)
   local frame = open .. ',"seq":' .. seq .. '}'
-  redis.call('XADD', P .. 'q:' .. id, 'MAXLEN', '~', RETAIN, seq .. '-0', 'f', frame)
-  local owner = redis.call('HGET', m, 'owner')
+  redis.call('XADD', q, 'MAXLEN', '~', RETAIN, seq .. '-0', 'f', frame)
+  local f = redis.call('HMGET', m, 'owner', 'grace', 'mark_seq', 'mark_at')
+  local owner = f[1]
+  if f[2] then
+    local now = now_ms()
+    if not f[4] then
+      redis.call('HSET', m, 'mark_seq', seq - 1, 'mark_at', now)
+    elseif now - tonumber(f[4]) >= tonumber(f[2]) then
+      redis.call('XTRIM', q, 'MINID', (tonumber(f[3]) + 1) .. '-0')
+      redis.call('HSET', m, 'mark_seq', seq - 1, 'mark_at', now)
+    end
+  end
   if owner and owner ~= '' then
     redis.call('PUBLISH', 'sb:i:' .. owner, 'd\n' .. room .. '\n' .. id .. '\n' .. seq .. '\n' .. frame)
   end
