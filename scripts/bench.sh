@@ -62,6 +62,10 @@ rates = {int(k): float(v) for k, v in re.findall(r"throughput: (\d+) KiB message
 if rates:
     out["dc_mb_per_s_by_kib"] = rates
     out["dc_mb_per_s"] = max(rates.values())
+# Per CPU-second of both peers (utime + stime): what a shared machine's load does not change.
+per_cpu = {int(k): float(v) for k, v in re.findall(r"throughput: (\d+) KiB messages.* = ([0-9.]+) MB per CPU-second", text)}
+if per_cpu:
+    out["dc_mb_per_cpu_s_by_kib"] = per_cpu
 meshes = re.findall(r"mesh: (\d+) peers formed in ([0-9.]+) ms; idle ([0-9.]+) % of a core in all, ([0-9.]+) % per connection", text)
 if meshes:
     out["mesh_formed_ms_by_peers"] = {int(n): float(ms) for n, ms, _, _ in meshes}

@@ -13,7 +13,8 @@
 //!    peers has N × (N - 1) of them).
 //! 3. Throughput: two peer connections in this process, built exactly as the peer builds them
 //!    (same settings, sockets and buffers), one ordered reliable channel, 64 MiB sent as
-//!    16 KiB and as 64 KiB binary messages; from the first send to the last byte received.
+//!    16 KiB and as 64 KiB binary messages; from the first send to the last byte received, and
+//!    the CPU time (utime + stime) this process, that is both peers, spent meanwhile.
 //!
 //! To try other settings for the throughput part (the connect part always uses the peer's own):
 //!
@@ -25,6 +26,7 @@
 //! BENCH_SEND_BUFFER_LIMIT=N   # bytes; default transport::SEND_BUFFER_LIMIT, 0 = unbounded
 //! BENCH_SCTP_MTU=N            # bytes; default transport::SCTP_MTU
 //! BENCH_SCTP_RECEIVE_BUFFER=N # bytes; default webrtc-rs's (1 MiB)
+//! BENCH_ICE_TICK=10ms         # the peers' --ice-tick in the connect and mesh parts
 //! ```
 
 use std::path::PathBuf;
@@ -84,13 +86,17 @@ async fn main() -> Result<()> {
     let options = Options::from_env()?;
     for _ in 0..env_usize("BENCH_REPEAT")?.unwrap_or(1) {
         for &size in &sizes {
+            let before = cpu_ticks(&[std::process::id()])?;
             let (elapsed, rate) = throughput(size, &options).await?;
+            let cpu = (cpu_ticks(&[std::process::id()])? - before) as f64 / clock_ticks_per_second();
             println!(
-                "throughput: {} KiB messages, {} MiB in {:.2} s = {:.0} MB/s",
+                "throughput: {} KiB messages, {} MiB in {:.2} s = {:.0} MB/s; CPU {:.2} s (both peers) = {:.0} MB per CPU-second",
                 size / 1024,
                 VOLUME >> 20,
                 elapsed.as_secs_f64(),
-                rate / 1e6
+                rate / 1e6,
+                cpu,
+                VOLUME as f64 / cpu.max(0.01) / 1e6
             );
         }
     }
@@ -266,6 +272,11 @@ fn spawn_peer(
         // Loopback only: the default binds every interface, and a benchmark must not send ICE
         // checks to this machine's external address.
         .args(["--server", url, "--room", room, "--json", "--bind", "127.0.0.1:0"])
+        .args(
+            std::env::var("BENCH_ICE_TICK")
+                .map(|tick| vec!["--ice-tick".to_string(), tick])
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -45,9 +45,15 @@ pub const CHAT_LABEL: &str = "chat";
 const CHAT_QUEUE: usize = 256;
 /// Remote candidates kept while no remote description is set yet.
 const MAX_EARLY_CANDIDATES: usize = 64;
-/// How often the selected candidate pair is looked at besides ICE state changes (webrtc-rs
-/// 0.21 has no event for a new pair).
+/// How soon the selected candidate pair is looked at again besides ICE state changes (webrtc-rs
+/// 0.21 has no event for a new pair): after 1 s, then twice as long each time up to
+/// [`PAIR_CHECK_MAX`], from 1 s again after each state change. A pair is nominated while ICE
+/// connects, so the early looks catch it; once connected it rarely changes, and a look locks the
+/// connection's core: at a fixed 1 s it was a third of an idle connection's wake-ups
+/// (docs/benchmarks.md, "Idle CPU").
 const PAIR_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest wait between two looks at the selected pair.
+const PAIR_CHECK_MAX: Duration = Duration::from_secs(64);
 
 #[derive(Debug, Error)]
 pub enum LinkError {
@@ -435,14 +441,16 @@ impl Handler {
 }
 
 /// Reports the selected candidate pair's types when ICE selects one and whenever they change.
-/// Looks on every ICE state change and every [`PAIR_CHECK_INTERVAL`] until the link closes.
+/// Looks on every ICE state change and, backing off from [`PAIR_CHECK_INTERVAL`] to
+/// [`PAIR_CHECK_MAX`], in between, until the link closes.
 async fn watch_selected_pair(shared: Arc<Shared>, pc: Arc<dyn PeerConnection>) {
     let mut reported: Option<(String, String)> = None;
+    let mut wait = PAIR_CHECK_INTERVAL;
     loop {
         tokio::select! {
             _ = shared.closed.cancelled() => return,
-            _ = shared.ice_changed.notified() => {}
-            _ = tokio::time::sleep(PAIR_CHECK_INTERVAL) => {}
+            _ = shared.ice_changed.notified() => wait = PAIR_CHECK_INTERVAL,
+            _ = tokio::time::sleep(wait) => wait = (wait * 2).min(PAIR_CHECK_MAX),
         }
         let Some(sctp) = pc.sctp().await else { continue };
         let Ok(Some(pair)) = sctp.transport().ice_transport().get_selected_candidate_pair().await else {
