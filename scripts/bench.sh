@@ -49,7 +49,7 @@ webrtc_json="$out/webrtc.json"
 rm -f "$webrtc_json"
 if [ -z "${NO_WEBRTC:-}" ] && [ -f peer/examples/bench.rs ]; then
   log "WebRTC: building and running peer/examples/bench.rs (release)"
-  cargo build --release -p peer --example bench >&2
+  cargo build --release -p peer --bins --example bench >&2
   if timeout 300 target/release/examples/bench > "$out/webrtc.txt" 2>"$out/webrtc.err"; then
     python3 - "$out/webrtc.txt" "$webrtc_json" <<'PY'
 import json, re, sys
