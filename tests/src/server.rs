@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use testkit::{Launch, ServerProcess};
+use testkit::{Endpoint, Launch, ServerProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bins::bin_path;
@@ -14,7 +14,8 @@ use crate::bins::bin_path;
 pub struct Server {
     /// Always `Some` between calls; taken only while a blocking start runs off the runtime.
     process: Option<ServerProcess>,
-    addr: SocketAddr,
+    /// Where it listens (the same after a restart); `/metrics` is read through it.
+    endpoint: Endpoint,
     killed: bool,
 }
 
@@ -35,7 +36,7 @@ impl Server {
             .await
             .expect("the start task ran")
             .unwrap_or_else(|e| panic!("{e}"));
-        Server { addr: process.socket_addr(), process: Some(process), killed: false }
+        Server { endpoint: process.endpoint().clone(), process: Some(process), killed: false }
     }
 
     fn process(&mut self) -> &mut ServerProcess {
@@ -44,53 +45,41 @@ impl Server {
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.endpoint.socket_addr()
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// `ws://127.0.0.1:PORT/ws`
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
+        self.endpoint.ws_url()
     }
 
     /// The whole HTTP response (status line, headers, body) to `GET path`, asked directly (not
     /// through any proxy a test put in front).
     pub async fn http_get(&self, path: &str) -> String {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr());
         let mut response = String::new();
-        let mut stream = tokio::net::TcpStream::connect(self.addr)
+        let mut stream = tokio::net::TcpStream::connect(self.addr())
             .await
-            .unwrap_or_else(|e| panic!("GET {path}: the server at {} refuses TCP: {e}", self.addr));
+            .unwrap_or_else(|e| panic!("GET {path}: the server at {} refuses TCP: {e}", self.addr()));
         stream.write_all(request.as_bytes()).await.unwrap_or_else(|e| panic!("GET {path}: cannot send: {e}"));
         stream.read_to_string(&mut response).await.unwrap_or_else(|e| panic!("GET {path}: cannot read: {e}"));
         response
     }
 
-    /// One value from its `/metrics`.
+    /// One value from its `/metrics` (testkit's reading, which waits out a cap's refusal).
     pub async fn metric(&self, name: &str) -> f64 {
-        let response = self.http_get("/metrics").await;
-        response
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{response}"))
+        self.endpoint.metric(name).await
     }
 
     /// Waits (at most 20 s) until `/metrics` shows `name` at `value`, failing with what it
     /// showed last.
     pub async fn wait_for_metric(&self, name: &str, value: f64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let now = self.metric(name).await;
-            if now == value {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{name} stayed at {now}, expected {value}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.endpoint.wait_for_metric_within(name, value, Duration::from_secs(20)).await;
     }
 
     /// The OS process id, while it runs.
