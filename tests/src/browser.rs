@@ -312,6 +312,32 @@ impl Browser {
         self.self_id().await
     }
 
+    /// Opens `/` and waits until its join form can be submitted: the page's scripts have run
+    /// and it has not joined (a previous run's page leaves on unload).
+    pub async fn open_join_form(&self, server: &Server) {
+        self.open(&format!("{}/", server.http_url())).await;
+        self.wait_until(
+            "the join form, page scripts loaded",
+            "return location.search === '' && document.readyState === 'complete' \
+             && document.querySelector('#join-form') !== null && !document.querySelector('[data-self-id]');",
+        )
+        .await;
+    }
+
+    /// Fills the open join form with `room` and `name` and submits it; returns at once (a
+    /// benchmark installs its timing hooks between [`Browser::open_join_form`] and this).
+    pub async fn submit_join_form(&self, room: &str, name: &str) {
+        self.eval(&format!(
+            r#"document.querySelector('#room').value = {room};
+               document.querySelector('#name').value = {name};
+               document.querySelector('#join-form').requestSubmit();
+               return true;"#,
+            room = serde_json::json!(room),
+            name = serde_json::json!(name)
+        ))
+        .await;
+    }
+
     /// Waits for `data-self-id` and returns it.
     pub async fn self_id(&self) -> String {
         let v = self

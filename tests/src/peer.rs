@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -30,8 +30,10 @@ pub struct Peer {
     label: String,
     child: Child,
     stdin: Option<ChildStdin>,
-    rx: mpsc::Receiver<Value>,
+    rx: mpsc::Receiver<(Instant, Value)>,
     events: Vec<Value>,
+    /// When each event's line was read from stdout (the pipe adds microseconds, not milliseconds).
+    arrivals: Vec<Instant>,
     claimed: Vec<bool>,
     stdout_closed: bool,
     id: Option<String>,
@@ -45,7 +47,7 @@ impl Drop for Peer {
             return;
         }
         let read = self.events.len();
-        while let Ok(event) = self.rx.try_recv() {
+        while let Ok((_, event)) = self.rx.try_recv() {
             self.events.push(event);
         }
         let mut report =
@@ -104,7 +106,7 @@ impl Peer {
                     .ok()
                     .filter(|v| v.get("event").is_some_and(Value::is_string))
                     .unwrap_or_else(|| serde_json::json!({"event": "<not json>", "line": line}));
-                if tx.send(event).await.is_err() {
+                if tx.send((Instant::now(), event)).await.is_err() {
                     break;
                 }
             }
@@ -115,6 +117,7 @@ impl Peer {
             stdin,
             rx,
             events: Vec::new(),
+            arrivals: Vec::new(),
             claimed: Vec::new(),
             stdout_closed: false,
             id: None,
@@ -142,8 +145,8 @@ impl Peer {
 
     /// Reads whatever events are already available, without waiting.
     pub fn poll_events(&mut self) -> &[Value] {
-        while let Ok(event) = self.rx.try_recv() {
-            self.push(event);
+        while let Ok((arrived, event)) = self.rx.try_recv() {
+            self.push(arrived, event);
         }
         &self.events
     }
@@ -196,6 +199,27 @@ impl Peer {
         count: usize,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
+        let found = self.claim_within(deadline, what, count, pred).await;
+        found.into_iter().map(|i| self.events[i].clone()).collect()
+    }
+
+    /// Waits for the first unclaimed event matching `pred`, claims it and returns it with the
+    /// moment its line was read from the peer's stdout (for benchmarks timing the peer's events).
+    pub async fn wait_for_arrival(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> (Value, Instant) {
+        let found = self.claim_within(DEFAULT_DEADLINE, what, 1, pred).await;
+        let i = found[0];
+        (self.events[i].clone(), self.arrivals[i])
+    }
+
+    /// Waits until `count` unclaimed events match `pred`; claims them and returns their indices
+    /// in `events`, in order.
+    async fn claim_within(
+        &mut self,
+        deadline: Duration,
+        what: &str,
+        count: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<usize> {
         let give_up = tokio::time::Instant::now() + deadline;
         let mut matched = Vec::new();
         let mut next = 0;
@@ -207,19 +231,16 @@ impl Peer {
                 next += 1;
             }
             if matched.len() == count {
-                return matched
-                    .into_iter()
-                    .map(|i| {
-                        self.claimed[i] = true;
-                        self.events[i].clone()
-                    })
-                    .collect();
+                for &i in &matched {
+                    self.claimed[i] = true;
+                }
+                return matched;
             }
             if self.stdout_closed {
                 self.fail(what, count, matched.len(), "its stdout closed (the peer exited)");
             }
             match tokio::time::timeout_at(give_up, self.rx.recv()).await {
-                Ok(Some(event)) => self.push(event),
+                Ok(Some((arrived, event))) => self.push(arrived, event),
                 Ok(None) => self.stdout_closed = true,
                 Err(_) => self.fail(what, count, matched.len(), &format!("nothing more within {deadline:?}")),
             }
@@ -235,13 +256,14 @@ impl Peer {
         assert!(hits.is_empty(), "{}: expected no {what}, got {hits:?}", self.label);
     }
 
-    fn push(&mut self, event: Value) {
+    fn push(&mut self, arrived: Instant, event: Value) {
         if event["event"] == "welcome"
             && let Some(id) = event["id"].as_str()
         {
             self.id = Some(id.to_string());
         }
         self.events.push(event);
+        self.arrivals.push(arrived);
         self.claimed.push(false);
     }
 
@@ -322,7 +344,7 @@ impl Peer {
         // Keep reading events so that a peer printing a lot on its way out never blocks.
         while !self.stdout_closed {
             match tokio::time::timeout_at(give_up, self.rx.recv()).await {
-                Ok(Some(event)) => self.push(event),
+                Ok(Some((arrived, event))) => self.push(arrived, event),
                 Ok(None) => self.stdout_closed = true,
                 Err(_) => break,
             }

@@ -27,17 +27,13 @@
 //! comes first and is reported but not counted. Each direction prints one line to stdout:
 //! `NAME: {"runs":20,"p50":..,"p99":..,"min":..,"max":..,"warmup":..,"times":[..]}` (ms).
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tests::browser::{Browser, BrowserKind, start_server_with_page};
-use tests::{Peer, Server, bin_path, isolated_with_timeout};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use tests::{Peer, Server, isolated_with_timeout};
 
 const RUNS: usize = 20;
-const EVENT_DEADLINE: Duration = Duration::from_secs(30);
 
 #[test]
 #[ignore = "benchmark: run by scripts/bench.sh"]
@@ -104,22 +100,9 @@ async fn page_joins_rust_peer(server: &Server, page: &Browser, room: &str) -> f6
 
     // A fresh page each run (the previous one leaves on unload), at its join form. The module
     // script has run once the document is complete, so the form's submit handler is there.
-    page.open(&format!("{}/", server.http_url())).await;
-    page.wait_until(
-        "the join form, page scripts loaded",
-        "return location.search === '' && document.readyState === 'complete' \
-         && document.querySelector('#join-form') !== null && !document.querySelector('[data-self-id]');",
-    )
-    .await;
+    page.open_join_form(server).await;
     page.eval(&HOOK.replace("arguments_peer", &json!(rusty_id).to_string())).await;
-    page.eval(&format!(
-        r#"document.querySelector('#room').value = {room};
-           document.querySelector('#name').value = 'page';
-           document.querySelector('#join-form').requestSubmit();
-           return true;"#,
-        room = json!(room)
-    ))
-    .await;
+    page.submit_join_form(room, "page").await;
     let times = page
         .wait_until(
             "chat open with the Rust peer (timed in the page)",
@@ -156,42 +139,15 @@ async fn rust_peer_joins_page(server: &Server, page: &Browser, room: &str) -> f6
         .await;
     let page_id = page_id.as_str().unwrap_or_else(|| panic!("odd page id {page_id}")).to_string();
 
-    let path = bin_path("peer");
-    let mut child = Command::new(&path)
-        .args(["--server", &server.ws_url(), "--room", room, "--name", "rusty", "--json"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("peer stdout is not piped"));
-    let mut lines = BufReader::new(stdout).lines();
-    let mut welcome = None;
-    let measured = tokio::time::timeout(EVENT_DEADLINE, async {
-        let mut seen = Vec::new();
-        loop {
-            let line = match lines.next_line().await {
-                Ok(Some(line)) => line,
-                _ => panic!("the Rust peer exited before its channel to the page opened; events: {seen:?}"),
-            };
-            // Timestamp on arrival: the pipe adds microseconds, not milliseconds.
-            let at = Instant::now();
-            let event: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if event["event"] == "welcome" && welcome.is_none() {
-                welcome = Some(at);
-            } else if event["event"] == "channel_open" && event["peer"] == page_id.as_str() {
-                let welcome = welcome.unwrap_or_else(|| panic!("channel_open before welcome: {seen:?}"));
-                return at - welcome;
-            }
-            seen.push(line);
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the Rust peer's channel to the page did not open within {EVENT_DEADLINE:?}"));
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    measured.as_secs_f64() * 1000.0
+    let mut rusty = Peer::spawn(server, &["--room", room, "--name", "rusty"]).await;
+    let (_, welcome) = rusty.wait_for_arrival("welcome", |e| e["event"] == "welcome").await;
+    let (_, open) = rusty
+        .wait_for_arrival("channel_open to the page", |e| {
+            e["event"] == "channel_open" && e["peer"] == page_id
+        })
+        .await;
+    rusty.kill().await;
+    (open - welcome).as_secs_f64() * 1000.0
 }
 
 fn number(v: &Value) -> f64 {

@@ -120,22 +120,9 @@ return true;
 /// video, in ms.
 async fn join_to_first_frame(server: &Server, page: &Browser, room: &str, sender: &str) -> f64 {
     // A fresh page each run (the previous one leaves on unload), at its join form.
-    page.open(&format!("{}/", server.http_url())).await;
-    page.wait_until(
-        "the join form, page scripts loaded",
-        "return location.search === '' && document.readyState === 'complete' \
-         && document.querySelector('#join-form') !== null && !document.querySelector('[data-self-id]');",
-    )
-    .await;
+    page.open_join_form(server).await;
     page.eval(&HOOK.replace("arguments_sender", &json!(sender).to_string())).await;
-    page.eval(&format!(
-        r#"document.querySelector('#room').value = {room};
-           document.querySelector('#name').value = 'page';
-           document.querySelector('#join-form').requestSubmit();
-           return true;"#,
-        room = json!(room)
-    ))
-    .await;
+    page.submit_join_form(room, "page").await;
     let times = page
         .wait_until(
             "the first frame of the sender's video (timed in the page)",
