@@ -225,29 +225,7 @@ fn bad_flags_exit_2_with_a_message() {
 async fn tls_serves_https_and_wss() {
     let dir = std::env::temp_dir().join(format!("switchboard-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    // A self-signed certificate made at run time, by the openssl command line tool.
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key_path)
-        .arg("-out")
-        .arg(&cert_path)
-        .output()
-        .expect("the openssl command runs (Debian package openssl)");
-    assert!(made.status.success(), "openssl failed: {}", String::from_utf8_lossy(&made.stderr));
+    let (cert_path, key_path) = testkit::self_signed_localhost(&dir);
 
     let server = InProcess::start(&[
         "--tls-cert",

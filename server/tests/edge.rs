@@ -575,31 +575,12 @@ fn sigterm_ends_a_tls_server_during_a_handshake_that_never_ends() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A self-signed certificate and key for localhost, made by the openssl tool.
+/// A fresh directory holding `cert.pem` and `key.pem`, a self-signed certificate for localhost.
 fn tls_files() -> std::path::PathBuf {
     let dir =
         std::env::temp_dir().join(format!("switchboard-edge-tls-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
-        .arg("-keyout")
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .output()
-        .expect("the openssl command runs (Debian package openssl)");
-    assert!(made.status.success(), "openssl failed: {}", String::from_utf8_lossy(&made.stderr));
+    testkit::self_signed_localhost(&dir);
     dir
 }
 

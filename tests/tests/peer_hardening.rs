@@ -6,7 +6,7 @@
 //!   certificate the test makes; without the CA a peer stops with a clear error, exit 1.
 //! - Human output: a chat line with terminal controls is shown escaped, never obeyed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,25 +17,6 @@ fn path_str(path: &Path) -> &str {
     path.to_str().unwrap_or_else(|| panic!("{} is not UTF-8", path.display()))
 }
 
-/// A self-signed certificate for `localhost` (and 127.0.0.1), made by the openssl command line
-/// tool (Debian package `openssl`, installed by scripts/test.sh). Returns (cert, key) paths.
-fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-        .args(["-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run openssl (Debian package openssl): {e}"));
-    assert!(made.status.success(), "openssl failed: {}", String::from_utf8_lossy(&made.stderr));
-    (cert, key)
-}
-
 /// Two peers trusting the server's own certificate through `--ca-cert` join and chat over
 /// `wss://`; a third without it is refused by its own TLS check: a message that names the
 /// certificate and `--ca-cert` on stderr, exit code 1, and it never joins.
@@ -43,7 +24,7 @@ fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
 fn peers_chat_over_wss_with_ca_cert_and_refuse_an_unknown_certificate() {
     isolated(|| async {
         let scratch = Scratch::new("hardening", "wss");
-        let (cert, key) = self_signed_cert(scratch.dir());
+        let (cert, key) = testkit::self_signed_localhost(scratch.dir());
         let server = Server::start(&["--tls-cert", path_str(&cert), "--tls-key", path_str(&key)]).await;
         let url = format!("wss://localhost:{}/ws", server.addr().port());
 
