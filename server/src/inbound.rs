@@ -436,6 +436,94 @@ mod tests {
         }
     }
 
+    /// Pieces of a string's body: plain runs (short, and long enough for the vector search),
+    /// multi-byte characters, valid and broken escapes, and raw bytes that end or break a string.
+    fn body_piece() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "a",
+            "v=0 ",
+            "abcdefgh",
+            "candidate:1425424099 1 udp 1686052607 203.0.113.7 54321 typ srflx",
+            "é",
+            "😀",
+            "\\\"",
+            "\\\\",
+            "\\/",
+            "\\r\\n",
+            "\\u00e9",
+            "\\ud83d\\ude00",
+            "\\x",
+            "\\u12",
+            "\"",
+            "\\",
+            "\u{0}",
+            "\u{1}",
+            "\u{1f}",
+            "\t",
+            "\n",
+            "\r",
+            "\u{7f}",
+            " ",
+        ])
+    }
+
+    /// A frame with `body` as the text of one string: the target id, the offer's SDP, an ignored
+    /// field's key or value, or an ICE candidate. `pretty` puts a newline between fields, so that
+    /// the frame has a byte below 0x20 outside any string (the scanner then checks bodies for
+    /// control characters word by word instead of by memchr).
+    fn frame_with_string(body: &str, place: usize, pretty: bool) -> String {
+        let gap = if pretty { "\n" } else { "" };
+        let signal = match place {
+            1 => format!(r#"{{"type":"offer",{gap}"sdp":"{body}"}}"#),
+            4 => format!(r#"{{"type":"candidate","candidate":{{"candidate":"{body}","sdpMid":"0"}}}}"#),
+            _ => r#"{"type":"offer","sdp":"v=0"}"#.to_owned(),
+        };
+        let to = if place == 0 { body } else { "p-1" };
+        let extra = match place {
+            2 => format!(r#",{gap}"{body}":1"#),
+            3 => format!(r#",{gap}"x":"{body}""#),
+            _ => String::new(),
+        };
+        format!(r#"{{"type":"signal",{gap}"to":"{to}","signal":{signal}{extra}}}"#)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// String bodies of every length, with what ends a plain run at any offset, in both of
+        /// the scanner's ways of skipping them: judged as serde_json and the two-pass parse judge.
+        #[test]
+        fn string_bodies_are_judged_as_before(
+            pieces in proptest::collection::vec(body_piece(), 0..40),
+            place in 0..5usize,
+            pretty in any::<bool>(),
+        ) {
+            let text = frame_with_string(&pieces.concat(), place, pretty);
+            let expected = expected(&text);
+            prop_assume!(expected.is_some());
+            prop_assert_eq!(Some(outcome(&text)), expected, "{}", text);
+        }
+    }
+
+    /// Every byte that ends a plain run, at every offset of a 100-byte body (so at every place in
+    /// an 8-byte word and in memchr's 16- and 32-byte vectors), in both kinds of frame.
+    #[test]
+    fn a_special_byte_at_every_offset_is_judged_as_before() {
+        for special in ["\"", "\\", "\u{0}", "\u{1f}", "\t", "\n", "\u{7f}", "é", "\\n", "\\u00e9", "\\q"] {
+            for at in 0..=100 {
+                let body = format!("{}{special}{}", "a".repeat(at), "b".repeat(100 - at));
+                for place in 0..5 {
+                    for pretty in [false, true] {
+                        let text = frame_with_string(&body, place, pretty);
+                        if let Some(expected) = expected(&text) {
+                            assert_eq!(outcome(&text), expected, "{text}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn what_two_passes_got_wrong_is_now_as_the_protocol_says() {
         // An array is not an object, even one that lists a message's fields in order.

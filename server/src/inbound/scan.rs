@@ -63,8 +63,15 @@ impl std::fmt::Display for NotJson {
 /// Scans `text`, every byte once: its fields if it is a JSON object, `None` if it is JSON but
 /// not an object.
 pub fn scan(text: &str) -> Result<Option<Envelope<'_>>, NotJson> {
-    let mut scanner =
-        Scanner { text, bytes: text.as_bytes(), pos: 0, open: Open::default(), roles: [Role::Other; 3] };
+    let bytes = text.as_bytes();
+    let mut scanner = Scanner {
+        text,
+        bytes,
+        pos: 0,
+        controls: has_control_byte(bytes),
+        open: Open::default(),
+        roles: [Role::Other; 3],
+    };
     let mut envelope = Envelope::default();
     scanner.skip_whitespace();
     let top_is_object = scanner.peek() == Some(b'{');
@@ -75,6 +82,29 @@ pub fn scan(text: &str) -> Result<Option<Envelope<'_>>, NotJson> {
         return Err(scanner.fail("trailing characters"));
     }
     Ok(top_is_object.then_some(envelope))
+}
+
+/// Whether any byte is below 0x20 (a control character, or whitespace other than a space).
+/// Compact JSON has none, and then a string's body ends only at `"` or `\`, so it can be skipped
+/// with a vector search. The minimum of the bytes, unlike a search that stops at the first, is
+/// computed with vector instructions (a few per 16 bytes).
+fn has_control_byte(bytes: &[u8]) -> bool {
+    bytes.iter().fold(u8::MAX, |lowest, &b| lowest.min(b)) < 0x20
+}
+
+const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+
+/// The high bit of every byte of `word` that is zero, and maybe of bytes above the first such
+/// byte (a borrow runs upwards): the lowest bit set always marks the first zero byte.
+fn zero_bytes(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGH
+}
+
+/// The high bit of every byte of `word` that is below 0x20 (bytes of 0x80 and above never count:
+/// `!word` clears them), with the same rule: the lowest bit set is exact.
+fn control_bytes(word: u64) -> u64 {
+    word.wrapping_sub(ONES * 0x20) & !word & HIGH
 }
 
 /// Which of the three interesting objects a container is.
@@ -254,6 +284,9 @@ struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
+    /// The frame has a byte below 0x20 somewhere ([`has_control_byte`]): string bodies must be
+    /// checked for them.
+    controls: bool,
     open: Open,
     /// The role of each of the three outermost containers.
     roles: [Role; 3],
@@ -402,24 +435,28 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Skips string bytes that need no attention (not `"`, `\` or a control character), eight
-    /// at a time: SDP is mostly such bytes.
+    /// Skips string bytes that need no attention (not `"`, `\\` or a control character), to the
+    /// next one that does, or to the end of the frame. Eight at a time, then, in a frame without
+    /// control characters, by memchr's vector search: SDP and candidates are long runs of such
+    /// bytes, keys and ids are short ones.
     fn skip_plain(&mut self) {
-        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-        let has_zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGH != 0;
-        while let Some(chunk) = self.bytes.get(self.pos..self.pos + 8) {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            let word = u64::from_ne_bytes(word);
-            let special = has_zero_byte(word ^ (ONES * u64::from(b'"')))
-                || has_zero_byte(word ^ (ONES * u64::from(b'\\')))
-                // A byte below 0x20 (bytes of 0x80 and above never count: their high bit is set).
-                || word.wrapping_sub(ONES * 0x20) & !word & HIGH != 0;
-            if special {
-                break;
+        while let Some(chunk) = self.bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) {
+            let word = u64::from_le_bytes(*chunk);
+            let mut special =
+                zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')));
+            if self.controls {
+                special |= control_bytes(word);
+            }
+            if special != 0 {
+                self.pos += special.trailing_zeros() as usize / 8;
+                return;
             }
             self.pos += 8;
+            if !self.controls {
+                let rest = &self.bytes[self.pos..];
+                self.pos += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+                return;
+            }
         }
         while let Some(b) = self.peek() {
             if b == b'"' || b == b'\\' || b < 0x20 {
