@@ -11,6 +11,7 @@
 #   NO_WEBRTC=1 scripts/bench.sh  # skip the peer's WebRTC bench
 #   NO_BROWSER=1 scripts/bench.sh # skip the browser <-> Rust connect bench (headless Chromium)
 #   NO_CLUSTER=1 scripts/bench.sh # skip the several-instances section (needs redis-server)
+#   NO_SCALING=1 scripts/bench.sh # skip the relay on 1 core vs 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -123,13 +124,27 @@ else
   shape=(--rounds 3 --measure 4s --idle 1000,10000 --idle-key 10000)
 fi
 
+# Relay on 1 core vs 2 (issue 20: no lock that every signal takes): the saturated relay with
+# the server pinned to core 0, then to cores 0-1, interleaved over rounds. The generator stays on
+# core 1 (with 2 cores it shares it with the server's second worker), so the figures to compare
+# are the server's CPU use and its signals per CPU-second. The suite puts them in the report and
+# the summary line (relay_scaling).
+scaling_json="$out/scaling.json"
+rm -f "$scaling_json"
+if [ -z "${NO_SCALING:-}" ]; then
+  log "relay on 1 core vs 2 (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
+  if [ -n "${QUICK:-}" ]; then scaling_shape=(--rounds 1 --measure 2s); else scaling_shape=(--rounds 3 --measure 4s); fi
+  taskset -c 1 target/release/bench scaling --server target/release/server --cpus 0,0-1 \
+    "${scaling_shape[@]}" --out "$scaling_json" >&2 || log "the scaling bench failed; relay_scaling stays null"
+fi
+
 log "signaling: Switchboard vs matchbox_server${peerjs_args:+ vs PeerJS server} (load average: $(cut -d' ' -f1-3 /proc/loadavg))"
 summary=$(taskset -c 1 target/release/bench suite \
   --switchboard target/release/server --switchboard-version "$(git rev-parse --short HEAD 2>/dev/null || echo dev)" \
   --matchbox "$matchbox" --matchbox-version "$MATCHBOX_VERSION" \
   "${peerjs_args[@]}" \
   --server-core 0 "${shape[@]}" \
-  --udp-json "$out/udp.json" --webrtc-json "$webrtc_json" \
+  --udp-json "$out/udp.json" --webrtc-json "$webrtc_json" --scaling-json "$scaling_json" \
   --doc docs/benchmarks.md --out "$out/results.json")
 log "wrote docs/benchmarks.md (signaling section) and $out/results.json"
 

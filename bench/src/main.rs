@@ -6,6 +6,7 @@ mod idle;
 mod load;
 mod proto;
 mod raw;
+mod scaling;
 mod server;
 mod soak;
 mod stats;
@@ -39,6 +40,12 @@ enum Cmd {
     Udp(UdpArgs),
     /// The soak of issue 6 against a Switchboard server this command starts.
     Soak(SoakArgs),
+    /// The suite's idle-memory figure, repeated on fresh Switchboard servers, with RSS read
+    /// again later and the server's threads: how much the figure varies from run to run.
+    Idle(IdleArgs),
+    /// Saturated relay throughput with the server pinned to each CPU list in turn (1 core vs 2):
+    /// signals/s, the server's CPU use and signals per server CPU-second.
+    Scaling(ScalingArgs),
 }
 
 #[derive(clap::Args)]
@@ -87,6 +94,10 @@ struct SuiteArgs {
     /// browser_connect_p50_ms, dc_mb_per_s.
     #[arg(long)]
     webrtc_json: Option<PathBuf>,
+    /// Output of `bench scaling --out` (relay on 1 core vs 2); its summary goes into the report
+    /// and the summary line as relay_scaling.
+    #[arg(long)]
+    scaling_json: Option<PathBuf>,
     /// The report to write (only between its markers).
     #[arg(long, default_value = "docs/benchmarks.md")]
     doc: PathBuf,
@@ -135,6 +146,54 @@ struct UdpArgs {
 }
 
 #[derive(clap::Args)]
+struct IdleArgs {
+    /// Switchboard's server binary (release).
+    #[arg(long, default_value = "target/release/server")]
+    server: PathBuf,
+    /// The core(s) to pin the server to (`taskset -c`, e.g. `0` as the suite does, or `0-1`).
+    #[arg(long)]
+    server_cores: Option<String>,
+    #[arg(long, default_value_t = 10_000)]
+    connections: usize,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Joins in parallel (the suite: 64 for its large run).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Extra server flags, e.g. `--resume-grace=5s`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct ScalingArgs {
+    /// Switchboard's server binary (release).
+    #[arg(long, default_value = "target/release/server")]
+    server: PathBuf,
+    /// `taskset -c` CPU lists for the server, compared in this order (the last against the
+    /// first). Pin this generator with `taskset` too, to a CPU of the last list on a 2-core machine.
+    #[arg(long, value_delimiter = ',', default_value = "0,0-1")]
+    cpus: Vec<String>,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Pairs, each a room of its own: spread over every shard.
+    #[arg(long, default_value_t = 400)]
+    pairs: usize,
+    #[arg(long, default_value_t = 128)]
+    window: u64,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    measure: Duration,
+    /// Extra server flags.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
+    /// Every round's figures and the summary, as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct SoakArgs {
     /// Switchboard's server binary (release).
     #[arg(long, default_value = "target/release/server")]
@@ -163,6 +222,8 @@ fn main() -> std::process::ExitCode {
         Cmd::Udp(args) => udp_command(args),
         Cmd::Suite(args) => current_thread().and_then(|rt| rt.block_on(suite_command(*args, nofile))),
         Cmd::Relay(args) => current_thread().and_then(|rt| rt.block_on(relay_command(args))),
+        Cmd::Scaling(args) => current_thread().and_then(|rt| rt.block_on(scaling_command(args))),
+        Cmd::Idle(args) => current_thread().and_then(|rt| rt.block_on(idle_command(args, nofile))),
         Cmd::Soak(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -218,11 +279,12 @@ async fn suite_command(args: SuiteArgs, nofile: u64) -> anyhow::Result<()> {
     if nofile < need {
         bail!("open-file limit {nofile} is below the {need} the idle runs need");
     }
+    let server_core = args.server_core.map(|core| core.to_string());
     let mut launches = vec![(
         Launch {
             proto: Proto::Switchboard,
             program: args.switchboard.clone(),
-            core: args.server_core,
+            core: server_core.clone(),
             extra: vec!["--no-rate-limit".into()],
         },
         args.switchboard_version.clone(),
@@ -232,7 +294,7 @@ async fn suite_command(args: SuiteArgs, nofile: u64) -> anyhow::Result<()> {
             Launch {
                 proto: Proto::Matchbox,
                 program: program.clone(),
-                core: args.server_core,
+                core: server_core.clone(),
                 extra: vec![],
             },
             args.matchbox_version.clone(),
@@ -240,7 +302,12 @@ async fn suite_command(args: SuiteArgs, nofile: u64) -> anyhow::Result<()> {
     }
     if let Some(program) = &args.peerjs {
         launches.push((
-            Launch { proto: Proto::Peerjs, program: program.clone(), core: args.server_core, extra: vec![] },
+            Launch {
+                proto: Proto::Peerjs,
+                program: program.clone(),
+                core: server_core.clone(),
+                extra: vec![],
+            },
             args.peerjs_version.clone(),
         ));
     }
@@ -267,6 +334,7 @@ async fn suite_command(args: SuiteArgs, nofile: u64) -> anyhow::Result<()> {
     let extra = suite::Extra {
         udp: read_json(&args.udp_json)?.map(serde_json::from_value).transpose()?,
         webrtc: read_json(&args.webrtc_json)?,
+        scaling: read_json(&args.scaling_json)?.and_then(|scaling| scaling.get("summary").cloned()),
     };
     let summary = suite::summary(&reports, &extra, args.idle_key);
     if let Some(dir) = args.out.parent() {
@@ -284,6 +352,51 @@ async fn suite_command(args: SuiteArgs, nofile: u64) -> anyhow::Result<()> {
     };
     suite::write_doc(&args.doc, &suite::markdown(&reports, &extra, &ctx, &summary), &suite::BENCHMARKS)?;
     println!("{summary}");
+    Ok(())
+}
+
+async fn scaling_command(args: ScalingArgs) -> anyhow::Result<()> {
+    if args.cpus.iter().any(|cpus| cpu_count(cpus).is_none()) {
+        bail!("--cpus takes taskset CPU lists such as 0,0-1");
+    }
+    let config = scaling::ScalingConfig {
+        server: args.server,
+        cpu_lists: args.cpus,
+        rounds: args.rounds,
+        pairs: args.pairs,
+        window: args.window,
+        warmup: args.warmup,
+        measure: args.measure,
+        extra: args.server_arg,
+    };
+    let runs = scaling::run(&config).await?;
+    let summary = scaling::summary(&runs, config.pairs);
+    if let Some(out) = &args.out {
+        let text = serde_json::to_string_pretty(&serde_json::json!({ "runs": runs, "summary": summary }))?;
+        std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+async fn idle_command(args: IdleArgs, nofile: u64) -> anyhow::Result<()> {
+    if nofile < args.connections as u64 + 100 {
+        bail!("open-file limit {nofile} is too low for {} connections", args.connections);
+    }
+    let mut extra = vec!["--no-rate-limit".to_owned()];
+    extra.extend(args.server_arg.iter().cloned());
+    let launch = Launch { proto: Proto::Switchboard, program: args.server, core: args.server_cores, extra };
+    for round in 0..args.rounds.max(1) {
+        let server = launch.start()?;
+        let later = [Duration::from_secs(1), Duration::from_secs(4)];
+        let result =
+            idle::measure(Proto::Switchboard, &server, args.connections, args.concurrency, &later).await?;
+        println!(
+            "{}",
+            serde_json::json!({ "round": round, "bytes_per_conn": result.bytes_per_conn.round(),
+            "rss_before": result.rss_before, "rss_after": result.rss_after, "detail": result.detail })
+        );
+    }
     Ok(())
 }
 
@@ -357,7 +470,7 @@ fn machine() -> String {
 }
 
 /// The number of CPUs in a kernel CPU list such as `0-1` or `0,2-5,8`.
-fn cpu_count(list: &str) -> Option<usize> {
+pub(crate) fn cpu_count(list: &str) -> Option<usize> {
     list.trim().split(',').try_fold(0, |count, part| {
         let (first, last) = part.split_once('-').unwrap_or((part, part));
         let (first, last) = (first.parse::<usize>().ok()?, last.parse::<usize>().ok()?);

@@ -11,12 +11,13 @@ use anyhow::{Context, bail};
 
 use crate::proto::Proto;
 
-/// How to start each server: its program and, if set, the CPU core to pin it to.
+/// How to start each server: its program and, if set, the CPU cores to pin it to.
 #[derive(Debug, Clone)]
 pub struct Launch {
     pub proto: Proto,
     pub program: PathBuf,
-    pub core: Option<usize>,
+    /// A `taskset -c` CPU list: `0`, `0-1`.
+    pub core: Option<String>,
     /// Extra flags (Switchboard: e.g. the soak keeps the rate limit on).
     pub extra: Vec<String>,
 }
@@ -46,17 +47,17 @@ impl Launch {
                 .args(&self.extra)
                 .env("RUST_LOG", "warn")
                 .quiet();
-            if let Some(core) = self.core {
-                launch = launch.pinned(core.to_string());
+            if let Some(core) = &self.core {
+                launch = launch.pinned(core.clone());
             }
             let process = launch.start().map_err(anyhow::Error::msg)?;
             let (addr, pid) = (process.socket_addr(), process.pid());
             return Ok(Server { addr, pid, _process: Running::Switchboard { _process: Box::new(process) } });
         }
-        let mut command = match self.core {
+        let mut command = match &self.core {
             Some(core) => {
                 let mut command = Command::new("taskset");
-                command.arg("-c").arg(core.to_string()).arg(&self.program);
+                command.arg("-c").arg(core).arg(&self.program);
                 command
             }
             None => Command::new(&self.program),

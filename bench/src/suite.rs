@@ -112,7 +112,7 @@ pub async fn run_server(
         let server = launch.start()?;
         // Joins of the smallest run one at a time (clean join latencies), the others in parallel.
         let concurrency = if Some(&n) == config.idle.iter().min() { 1 } else { 64 };
-        let result = idle::measure(proto, &server, n, concurrency)
+        let result = idle::measure(proto, &server, n, concurrency, &[])
             .await
             .with_context(|| format!("{} idle {n}", proto.label()))?;
         eprintln!(
@@ -156,6 +156,8 @@ pub async fn run_server(
 pub struct Extra {
     pub udp: Option<UdpResult>,
     pub webrtc: Option<Value>,
+    /// `bench scaling`'s summary (relay on 1 core vs 2).
+    pub scaling: Option<Value>,
 }
 
 pub fn summary(reports: &[ServerReport], extra: &Extra, idle_key: usize) -> Value {
@@ -183,6 +185,7 @@ pub fn summary(reports: &[ServerReport], extra: &Extra, idle_key: usize) -> Valu
         "dc_mb_per_s": webrtc("dc_mb_per_s"),
         "udp_ceiling_mb_per_s": extra.udp.as_ref().map(|u| round3(u.large.mb_per_s)),
         "udp_small_mb_per_s": extra.udp.as_ref().map(|u| round3(u.small.mb_per_s)),
+        "relay_scaling": extra.scaling.clone(),
     })
 }
 
@@ -342,6 +345,7 @@ pub fn markdown(reports: &[ServerReport], extra: &Extra, ctx: &ReportContext, su
         connect("browser_connect"),
         connect("rust_joins_browser"),
     ));
+    md.push_str(&scaling_paragraph(extra.scaling.as_ref()));
     md.push_str("### Targets (issue 7)\n\n");
     if let (Some(sb), Some(mb)) = (sb, mb) {
         let target = |ok: bool| if ok { "met" } else { "**not met**" };
@@ -404,6 +408,29 @@ pub fn markdown(reports: &[ServerReport], extra: &Extra, ctx: &ReportContext, su
     md
 }
 
+/// The relay on 1 core vs 2 (`bench scaling`), one paragraph.
+fn scaling_paragraph(scaling: Option<&Value>) -> String {
+    let Some(scaling) = scaling else {
+        return "Relay on 1 core vs 2: not part of this run (`NO_SCALING=1`).\n\n".to_owned();
+    };
+    let by = |n: &str, key: &str| scaling["by_cpus"][n][key].as_f64().unwrap_or(f64::NAN);
+    format!(
+        "Relay on 1 core vs 2 (`bench scaling`: {} rooms of 2, saturated, server pinned to core 0 or cores 0–1, \
+         generator on core 1, medians of rounds): **{:.0} → {:.0} signals/s ({}×)** with the server using {:.2} → {:.2} \
+         cores ({}×); {:.0} → {:.0} signals per server CPU-second (scaling efficiency {}).\n\n",
+        scaling["pairs"],
+        by("1", "signals_per_s"),
+        by("2", "signals_per_s"),
+        scaling["speedup"],
+        by("1", "server_cores"),
+        by("2", "server_cores"),
+        scaling["server_cpu_ratio"],
+        by("1", "signals_per_cpu_s"),
+        by("2", "signals_per_cpu_s"),
+        scaling["scaling_efficiency"],
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +451,7 @@ mod tests {
     fn report_shows_the_webrtc_connect_figures() {
         let extra = Extra {
             udp: None,
+            scaling: None,
             webrtc: Some(json!({"rust_connect_p50_ms": 42.6, "rust_connect_p99_ms": 51.6,
                 "browser_connect_p50_ms": 85.3, "browser_connect_p99_ms": 94.3})),
         };
@@ -444,6 +472,29 @@ mod tests {
         assert!(md.contains("Rust ↔ Rust 42.6 / 51.6 ms;"), "{md}");
         assert!(md.contains("page joining a Rust peer (headless Chromium) 85.3 / 94.3 ms;"), "{md}");
         assert!(md.contains("Rust peer joining the page not measured."), "{md}");
+    }
+
+    #[test]
+    fn report_shows_the_relay_on_one_core_and_two() {
+        let scaling = json!({
+            "by_cpus": {
+                "1": {"cpus": "0", "signals_per_s": 500000.0, "server_cores": 1.0, "signals_per_cpu_s": 500000.0},
+                "2": {"cpus": "0-1", "signals_per_s": 850000.0, "server_cores": 1.75, "signals_per_cpu_s": 485714.0},
+            },
+            "speedup": 1.7, "server_cpu_ratio": 1.75, "scaling_efficiency": 0.97, "pairs": 400,
+        });
+        let extra = Extra { udp: None, webrtc: None, scaling: Some(scaling.clone()) };
+        let summary = summary(&[], &extra, 0);
+        assert_eq!(summary["relay_scaling"], scaling);
+        let paragraph = scaling_paragraph(extra.scaling.as_ref());
+        assert!(
+            paragraph.contains(
+                "**500000 → 850000 signals/s (1.7×)** with the server using 1.00 → 1.75 cores (1.75×)"
+            ),
+            "{paragraph}"
+        );
+        assert!(paragraph.contains("(scaling efficiency 0.97)"), "{paragraph}");
+        assert!(scaling_paragraph(None).contains("not part of this run"));
     }
 
     #[test]
