@@ -35,11 +35,12 @@ pub enum Request<'a> {
 }
 
 pub fn parse(text: &str) -> Result<Request<'_>, Refusal> {
-    let envelope = match scan::scan(text) {
-        Ok(Some(envelope)) => envelope,
-        Ok(None) => return Err(bad_message("not a protocol message: not a JSON object")),
+    let mut envelope = Envelope::default();
+    match scan::scan(text, &mut envelope) {
+        Ok(true) => {}
+        Ok(false) => return Err(bad_message("not a protocol message: not a JSON object")),
         Err(not_json) => return Err(Refusal::new(ErrorCode::BadJson, format!("not valid JSON: {not_json}"))),
-    };
+    }
     if let Some(field) = envelope.duplicate {
         return Err(bad_message(format!("field {field:?} given twice")));
     }
@@ -143,6 +144,11 @@ fn is_null_or_string(raw: &str) -> bool {
 }
 
 fn is_null_or_u16(raw: &str) -> bool {
+    // The usual `0`, `1`: up to five digits (the scan checked the number's syntax, so no
+    // leading zero) are read here; serde_json judges anything else (`-0`, `1.0`, `1e2`, …).
+    if (1..=5).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw.parse::<u16>().is_ok();
+    }
     raw == "null" || serde_json::from_str::<u16>(raw).is_ok()
 }
 
@@ -154,7 +160,7 @@ fn bad_message(message: impl Into<String>) -> Refusal {
 /// that captured `raw` already checked it is valid JSON), decoded otherwise.
 fn string_field<'a>(field: &str, json: &'a str) -> Result<Cow<'a, str>, Refusal> {
     if let Some(plain) = json.strip_prefix('"').and_then(|rest| rest.strip_suffix('"'))
-        && !plain.contains('\\')
+        && !scan::has_backslash(plain)
     {
         return Ok(Cow::Borrowed(plain));
     }

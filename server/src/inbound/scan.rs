@@ -60,29 +60,24 @@ impl std::fmt::Display for NotJson {
     }
 }
 
-/// Scans `text`, every byte once: its fields if it is a JSON object, `None` if it is JSON but
-/// not an object.
-pub fn scan(text: &str) -> Result<Option<Envelope<'_>>, NotJson> {
+/// Scans `text`, every byte once, noting the fields of interest in `envelope`: whether it is a
+/// JSON object (`false`: JSON, but not an object), or where it stops being JSON.
+pub fn scan<'a>(text: &'a str, envelope: &mut Envelope<'a>) -> Result<bool, NotJson> {
     let bytes = text.as_bytes();
     let mut scanner = Scanner {
         text,
         bytes,
         pos: 0,
         controls: has_control_byte(bytes),
-        open: Open::default(),
-        roles: [Role::Other; 3],
+        nesting: Nesting::default(),
+        error: NotJson { what: "", at: 0 },
     };
-    let mut envelope = Envelope::default();
-    scanner.skip_whitespace();
-    let top_is_object = scanner.peek() == Some(b'{');
-    scanner.value(Slot::Top, &mut envelope)?;
-    scanner.containers(&mut envelope)?;
-    scanner.skip_whitespace();
-    if scanner.pos < scanner.bytes.len() {
-        return Err(scanner.fail("trailing characters"));
-    }
-    Ok(top_is_object.then_some(envelope))
+    scanner.frame(envelope).map_err(|Failed| scanner.error)
 }
+
+/// A scan stopped at something that is not JSON; [`Scanner::error`] says what. (A unit error keeps
+/// every `Result` of the scanner in a register.)
+struct Failed;
 
 /// Whether any byte is below 0x20 (a control character, or whitespace other than a space).
 /// Compact JSON has none, and then a string's body ends only at `"` or `\`, so it can be skipped
@@ -90,6 +85,18 @@ pub fn scan(text: &str) -> Result<Option<Envelope<'_>>, NotJson> {
 /// computed with vector instructions (a few per 16 bytes).
 fn has_control_byte(bytes: &[u8]) -> bool {
     bytes.iter().fold(u8::MAX, |lowest, &b| lowest.min(b)) < 0x20
+}
+
+/// Whether a string's text (from a frame this module scanned) has an escape: a word at a time,
+/// as these are short (a type, an id).
+pub fn has_backslash(text: &str) -> bool {
+    let mut words = text.as_bytes().chunks_exact(8);
+    let backslashes = ONES * u64::from(b'\\');
+    let in_words = words.by_ref().any(|chunk| {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        zero_bytes(word ^ backslashes) != 0
+    });
+    in_words || words.remainder().contains(&b'\\')
 }
 
 const ONES: u64 = u64::from_le_bytes([0x01; 8]);
@@ -119,7 +126,6 @@ enum Role {
 /// Where a value goes once its end is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    Top,
     Skip,
     Envelope(EnvelopeField),
     Signal(SignalField),
@@ -178,7 +184,6 @@ impl Slot {
     /// The role of an object that is this slot's value.
     fn role_of_object(self) -> Role {
         match self {
-            Slot::Top => Role::Envelope,
             Slot::Envelope(EnvelopeField::Signal) => Role::Signal,
             Slot::Signal(SignalField::Candidate) => Role::Candidate,
             _ => Role::Other,
@@ -188,7 +193,7 @@ impl Slot {
     /// Stores `raw` as this slot's value (a repeated field is noted, the later value kept).
     fn fill<'a>(self, raw: Raw<'a>, envelope: &mut Envelope<'a>) {
         let (place, duplicate) = match self {
-            Slot::Top | Slot::Skip => return,
+            Slot::Skip => return,
             Slot::Envelope(field) => {
                 let (place, name) = match field {
                     EnvelopeField::Kind => (&mut envelope.kind, "type"),
@@ -231,20 +236,18 @@ impl Slot {
     }
 }
 
-/// The containers open at the scanner's position, innermost last: whether each is an object
-/// (one bit each, so any depth fits), and for the four outermost (the three objects of interest
-/// and their fields' values), where they started and which slot takes them when they close.
+/// The containers open inside a value being skipped, innermost last: whether each is an object
+/// (one bit each, so any depth fits).
 #[derive(Debug, Default)]
-struct Open {
+struct Nesting {
     depth: usize,
     /// Bits of the first 256 levels; deeper ones (only in pathological frames) spill over.
     inline: [u64; 4],
     spill: Vec<u64>,
-    outer: [(usize, Option<Slot>); 4],
 }
 
-impl Open {
-    fn push(&mut self, is_object: bool, start: usize, slot: Slot) {
+impl Nesting {
+    fn push(&mut self, is_object: bool) {
         let (word, bit) = (self.depth / 64, self.depth % 64);
         let words = match self.inline.get_mut(word) {
             Some(w) => w,
@@ -257,29 +260,25 @@ impl Open {
             }
         };
         *words = (*words & !(1 << bit)) | (u64::from(is_object) << bit);
-        if let Some(outer) = self.outer.get_mut(self.depth) {
-            *outer = (start, Some(slot));
-        }
         self.depth += 1;
     }
 
-    /// The innermost container is an object.
-    fn in_object(&self) -> bool {
-        let at = self.depth - 1;
-        let (word, bit) = (at / 64, at % 64);
+    /// Closes the innermost container; returns whether the one around it is an object (`false`
+    /// when none is left).
+    fn pop(&mut self) -> bool {
+        self.depth -= 1;
+        let Some(level) = self.depth.checked_sub(1) else {
+            return false;
+        };
+        let (word, bit) = (level / 64, level % 64);
         let words = self.inline.get(word).or_else(|| self.spill.get(word - self.inline.len()));
         words.is_some_and(|w| w & (1 << bit) != 0)
     }
-
-    /// Closes the innermost container; returns where it started and its slot if it is one of
-    /// the outer four.
-    fn pop(&mut self) -> Option<(usize, Slot)> {
-        self.depth -= 1;
-        let (start, slot) = *self.outer.get(self.depth)?;
-        slot.map(|slot| (start, slot))
-    }
 }
 
+/// The scan of one frame. The three objects of interest are read by [`Self::object`] (which
+/// calls itself for the next one in: at most three deep); every other value is checked and
+/// skipped by [`Self::value`], whose containers are walked without recursion.
 struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -287,73 +286,143 @@ struct Scanner<'a> {
     /// The frame has a byte below 0x20 somewhere ([`has_control_byte`]): string bodies must be
     /// checked for them.
     controls: bool,
-    open: Open,
-    /// The role of each of the three outermost containers.
-    roles: [Role; 3],
+    nesting: Nesting,
+    /// Why the scan failed, once it has.
+    error: NotJson,
 }
 
 impl<'a> Scanner<'a> {
-    fn fail(&self, what: &'static str) -> NotJson {
-        NotJson { what, at: self.pos }
+    #[cold]
+    fn fail(&mut self, what: &'static str) -> Failed {
+        self.error = NotJson { what, at: self.pos };
+        Failed
     }
 
     fn peek(&self) -> Option<u8> {
         self.bytes.get(self.pos).copied()
     }
 
+    #[inline(always)]
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
             self.pos += 1;
         }
     }
 
-    fn role(&self) -> Role {
-        self.roles.get(self.open.depth - 1).copied().unwrap_or(Role::Other)
-    }
-
-    /// One value at the current position (after whitespace). A scalar is read whole and stored
-    /// in `slot`; a container is opened, and [`Self::containers`] reads its contents.
-    fn value(&mut self, slot: Slot, envelope: &mut Envelope<'a>) -> Result<(), NotJson> {
+    /// The whole frame: one value with optional whitespace around it; whether it is an object.
+    fn frame(&mut self, envelope: &mut Envelope<'a>) -> Result<bool, Failed> {
         self.skip_whitespace();
-        let start = self.pos;
-        match self.peek() {
-            Some(open @ (b'{' | b'[')) => {
-                let is_object = open == b'{';
-                if let Some(role) = self.roles.get_mut(self.open.depth) {
-                    *role = if is_object { slot.role_of_object() } else { Role::Other };
-                }
-                self.open.push(is_object, start, slot);
-                self.pos += 1;
-                return Ok(());
-            }
-            Some(b'"') => {
-                self.string()?;
-            }
-            Some(b'n') => self.literal(b"null")?,
-            Some(b't') => self.literal(b"true")?,
-            Some(b'f') => self.literal(b"false")?,
-            Some(b'-' | b'0'..=b'9') => self.number()?,
-            Some(_) => return Err(self.fail("expected a value")),
-            None => return Err(self.fail("end of frame where a value was expected")),
+        let top_is_object = self.peek() == Some(b'{');
+        if top_is_object {
+            self.object(Role::Envelope, envelope)?;
+        } else {
+            self.value()?;
         }
-        slot.fill(&self.text[start..self.pos], envelope);
-        Ok(())
+        self.skip_whitespace();
+        if self.pos < self.bytes.len() {
+            return Err(self.fail("trailing characters"));
+        }
+        Ok(top_is_object)
     }
 
-    /// Reads the contents of open containers until none is open.
-    fn containers(&mut self, envelope: &mut Envelope<'a>) -> Result<(), NotJson> {
-        // Right after `{` or `[`: the container may close at once, and no comma comes first.
-        let mut first = self.open.depth > 0;
-        while self.open.depth > 0 {
+    /// One of the objects of interest, from its `{` to past its `}`: the value of each field
+    /// `role` knows goes to its slot.
+    fn object(&mut self, role: Role, envelope: &mut Envelope<'a>) -> Result<(), Failed> {
+        self.pos += 1;
+        self.skip_whitespace();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            let slot = self.key(role)?;
             self.skip_whitespace();
-            let in_object = self.open.in_object();
+            if self.peek() != Some(b':') {
+                return Err(self.fail("expected ':' after a key"));
+            }
+            self.pos += 1;
+            self.skip_whitespace();
+            let start = self.pos;
+            match slot.role_of_object() {
+                inner @ (Role::Signal | Role::Candidate) if self.peek() == Some(b'{') => {
+                    self.object(inner, envelope)?;
+                }
+                _ => self.value()?,
+            }
+            slot.fill(&self.text[start..self.pos], envelope);
+            self.skip_whitespace();
+            match self.peek() {
+                Some(b',') => {
+                    self.pos += 1;
+                    self.skip_whitespace();
+                }
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                Some(_) => return Err(self.fail("expected ',' or the container's end")),
+                None => return Err(self.fail("end of frame inside an object or array")),
+            }
+        }
+    }
+
+    /// An object's key, and the slot its value goes to.
+    #[inline(always)]
+    fn key(&mut self, role: Role) -> Result<Slot, Failed> {
+        if self.peek() != Some(b'"') {
+            return Err(self.fail("expected a string key"));
+        }
+        let start = self.pos;
+        let escaped = self.string()?;
+        let raw = &self.text[start..self.pos];
+        if !escaped {
+            return Ok(Slot::for_key(role, &raw[1..raw.len() - 1]));
+        }
+        // Rare: a key written with escapes means what it decodes to. One that does not decode
+        // (a lone surrogate) names no field we know.
+        Ok(serde_json::from_str::<String>(raw).map_or(Slot::Skip, |key| Slot::for_key(role, &key)))
+    }
+
+    /// Any value at the current position (after whitespace), checked and skipped.
+    #[inline(always)]
+    fn value(&mut self) -> Result<(), Failed> {
+        match self.peek() {
+            Some(b'{' | b'[') => self.container(),
+            _ => self.scalar(),
+        }
+    }
+
+    /// A string, number, `true`, `false` or `null` at the current position.
+    #[inline(always)]
+    fn scalar(&mut self) -> Result<(), Failed> {
+        match self.peek() {
+            Some(b'"') => self.string().map(drop),
+            Some(b'n') => self.literal(b"null"),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(_) => Err(self.fail("expected a value")),
+            None => Err(self.fail("end of frame where a value was expected")),
+        }
+    }
+
+    /// A container no field of which is read, from its `{` or `[` to past its matching close,
+    /// at any depth, without recursion.
+    #[inline(never)]
+    fn container(&mut self) -> Result<(), Failed> {
+        let around = self.nesting.depth;
+        let mut in_object = self.peek() == Some(b'{');
+        self.nesting.push(in_object);
+        self.pos += 1;
+        // Right after `{` or `[`: the container may close at once, and no comma comes first.
+        let mut first = true;
+        while self.nesting.depth > around {
+            self.skip_whitespace();
             let close = if in_object { b'}' } else { b']' };
             match self.peek() {
                 Some(b) if b == close => {
                     self.pos += 1;
-                    if let Some((start, slot)) = self.open.pop() {
-                        slot.fill(&self.text[start..self.pos], envelope);
-                    }
+                    in_object = self.nesting.pop();
                     first = false;
                     continue;
                 }
@@ -365,47 +434,62 @@ impl<'a> Scanner<'a> {
                 Some(_) => return Err(self.fail("expected ',' or the container's end")),
                 None => return Err(self.fail("end of frame inside an object or array")),
             }
-            let slot = if in_object {
-                let key = self.key()?;
+            if in_object {
+                if self.peek() != Some(b'"') {
+                    return Err(self.fail("expected a string key"));
+                }
+                self.string()?;
                 self.skip_whitespace();
                 if self.peek() != Some(b':') {
                     return Err(self.fail("expected ':' after a key"));
                 }
                 self.pos += 1;
-                key
-            } else {
-                Slot::Skip
-            };
-            let depth = self.open.depth;
-            self.value(slot, envelope)?;
-            first = self.open.depth > depth;
+                self.skip_whitespace();
+            }
+            match self.peek() {
+                Some(open @ (b'{' | b'[')) => {
+                    in_object = open == b'{';
+                    self.nesting.push(in_object);
+                    self.pos += 1;
+                    first = true;
+                }
+                _ => {
+                    self.scalar()?;
+                    first = false;
+                }
+            }
         }
         Ok(())
     }
 
-    /// An object's key, and the slot its value goes to.
-    fn key(&mut self) -> Result<Slot, NotJson> {
-        if self.peek() != Some(b'"') {
-            return Err(self.fail("expected a string key"));
+    /// A string starting at `"`; returns whether it holds escapes. Keys and ids mostly end
+    /// within their first sixteen bytes with nothing to look at on the way: that case is
+    /// checked here, a word at a time, and everything else in [`Self::string_rest`].
+    #[inline(always)]
+    fn string(&mut self) -> Result<bool, Failed> {
+        self.pos += 1;
+        for _ in 0..2 {
+            let Some(chunk) = self.bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) else {
+                break;
+            };
+            let special = self.special_bytes(u64::from_le_bytes(*chunk));
+            if special != 0 {
+                let at = self.pos + special.trailing_zeros() as usize / 8;
+                self.pos = at;
+                if self.bytes.get(at) == Some(&b'"') {
+                    self.pos = at + 1;
+                    return Ok(false);
+                }
+                break;
+            }
+            self.pos += 8;
         }
-        let start = self.pos;
-        let escaped = self.string()?;
-        let role = self.role();
-        if role == Role::Other {
-            return Ok(Slot::Skip);
-        }
-        let raw = &self.text[start..self.pos];
-        if !escaped {
-            return Ok(Slot::for_key(role, &raw[1..raw.len() - 1]));
-        }
-        // Rare: a key written with escapes means what it decodes to. One that does not decode
-        // (a lone surrogate) names no field we know.
-        Ok(serde_json::from_str::<String>(raw).map_or(Slot::Skip, |key| Slot::for_key(role, &key)))
+        self.string_rest()
     }
 
-    /// A string starting at `"`; returns whether it holds escapes.
-    fn string(&mut self) -> Result<bool, NotJson> {
-        self.pos += 1;
+    /// The rest of a string from the current position in its body.
+    #[inline(never)]
+    fn string_rest(&mut self) -> Result<bool, Failed> {
         let mut escaped = false;
         loop {
             self.skip_plain();
@@ -435,18 +519,25 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The high bit of each byte of `word` that a string's body cannot hold as it is: `"`, `\\`
+    /// and, unless the frame has none, control characters (the lowest bit set is exact).
+    #[inline(always)]
+    fn special_bytes(&self, word: u64) -> u64 {
+        let mut special =
+            zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')));
+        if self.controls {
+            special |= control_bytes(word);
+        }
+        special
+    }
+
     /// Skips string bytes that need no attention (not `"`, `\\` or a control character), to the
     /// next one that does, or to the end of the frame. Eight at a time, then, in a frame without
     /// control characters, by memchr's vector search: SDP and candidates are long runs of such
     /// bytes, keys and ids are short ones.
     fn skip_plain(&mut self) {
         while let Some(chunk) = self.bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) {
-            let word = u64::from_le_bytes(*chunk);
-            let mut special =
-                zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')));
-            if self.controls {
-                special |= control_bytes(word);
-            }
+            let special = self.special_bytes(u64::from_le_bytes(*chunk));
             if special != 0 {
                 self.pos += special.trailing_zeros() as usize / 8;
                 return;
@@ -466,7 +557,7 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn literal(&mut self, word: &'static [u8]) -> Result<(), NotJson> {
+    fn literal(&mut self, word: &'static [u8]) -> Result<(), Failed> {
         if self.bytes.get(self.pos..self.pos + word.len()) != Some(word) {
             return Err(self.fail("expected null, true or false"));
         }
@@ -475,7 +566,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&mut self) -> Result<(), NotJson> {
+    fn number(&mut self) -> Result<(), Failed> {
         if self.peek() == Some(b'-') {
             self.pos += 1;
         }
