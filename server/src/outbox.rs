@@ -134,8 +134,8 @@ impl OpenFrame {
             }
         }
         self.0.push_str(r#","seq":"#);
-        // ASCII digits: always valid UTF-8.
-        self.0.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+        // ASCII digits, pushed as chars: `str::from_utf8` of them was a sixth of this function.
+        self.0.extend(digits[at..].iter().map(|&digit| char::from(digit)));
         self.0.push('}');
         Frame::from(self.0)
     }

@@ -33,7 +33,7 @@ const SIGNAL_HEAD_LEN: usize = SIGNAL_FROM.len() + SIGNAL_BODY.len();
 /// Writes `{"type":"signal","from":"<id>","signal":` for the sender `from`. Ids are made of
 /// letters, digits and '-' (ids.rs) and go into the JSON as they are; one read back from shared
 /// state that is not (only if that state was tampered with) is escaped.
-fn push_signal_head(push: &mut dyn FnMut(&str), from: &PeerId) {
+fn push_signal_head(mut push: impl FnMut(&str), from: &PeerId) {
     let id = from.as_str();
     if id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         push(SIGNAL_FROM);
@@ -409,7 +409,7 @@ impl<'a> Reader<'a> {
             return;
         };
         let mut open = String::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
-        push_signal_head(&mut |text| open.push_str(text), from);
+        push_signal_head(|text| open.push_str(text), from);
         open.push_str(signal);
         if let Err(refusal) = cluster.relay(self.shared, self.place.conn(), room, from, to, open).await {
             self.refuse(refusal);
@@ -427,7 +427,7 @@ impl<'a> Reader<'a> {
         // The sender's id, then its signal's text; the number is stamped under the shard's lock,
         // where the recipient's next seq is known.
         let mut frame = OpenFrame::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
-        push_signal_head(&mut |text| frame.push_str(text), from);
+        push_signal_head(|text| frame.push_str(text), from);
         frame.push_str(signal);
         let result = self.shared.rooms.relay(self.place, from, to, frame, now);
         if let Err(refusal) = result {
