@@ -551,5 +551,14 @@ mod tests {
         assert_eq!(code(&unbalanced), ErrorCode::BadJson);
         let crossed = format!(r#"{{"type":"leave","x":{}{}}}"#, "[{".repeat(100), "]}".repeat(100));
         assert_eq!(code(&crossed), ErrorCode::BadJson);
+        // Inside the objects the protocol reads (read by recursion, three deep at most) too.
+        let candidate = format!(
+            r#"{{"type":"signal","to":"p","signal":{{"type":"candidate","candidate":{{"candidate":"c","x":{}1{}}}}}}}"#,
+            "[{\"a\":".repeat(5000),
+            "}]".repeat(5000)
+        );
+        assert!(matches!(parse(&candidate), Ok(Request::Signal { .. })), "{candidate:.200}");
+        let cut = &candidate[..candidate.len() - 1];
+        assert_eq!(code(cut), ErrorCode::BadJson);
     }
 }
