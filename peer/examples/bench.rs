@@ -27,6 +27,10 @@
 //! BENCH_SCTP_MTU=N            # bytes; default transport::SCTP_MTU
 //! BENCH_SCTP_RECEIVE_BUFFER=N # bytes; default webrtc-rs's (1 MiB)
 //! BENCH_ICE_TICK=10ms         # the peers' --ice-tick in the connect and mesh parts
+//! BENCH_CONNECT=100           # only the connect part, this many runs (default 20), each printed
+//! BENCH_LOG=rtc_ice=trace     # the connect part's peers log with this RUST_LOG filter; the
+//!                             # logs of runs slower than BENCH_SLOW_MS (default 10) are kept
+//!                             # in target/bench/connect-RUN-{first,second}.log
 //! ```
 
 use std::path::PathBuf;
@@ -46,6 +50,8 @@ use webrtc::peer_connection::{
 };
 
 const RUNS: usize = 20;
+/// A connect slower than this (ms) keeps its peers' logs when `BENCH_LOG` is set.
+const SLOW_MS: usize = 10;
 const VOLUME: usize = 64 * 1024 * 1024;
 
 #[tokio::main]
@@ -61,6 +67,9 @@ async fn main() -> Result<()> {
             .map(|kib| kib.trim().parse::<usize>().map(|kib| kib * 1024))
             .collect::<Result<Vec<_>, _>>()
             .context("BENCH_THROUGHPUT: message sizes in KiB, comma-separated")?,
+        Err(_) if std::env::var("BENCH_CONNECT").is_ok() => {
+            return connect(&bin, env_usize("BENCH_CONNECT")?.unwrap_or(RUNS)).await;
+        }
         Err(_) => {
             let meshes = match std::env::var("BENCH_MESH") {
                 Ok(list) => list
@@ -69,7 +78,7 @@ async fn main() -> Result<()> {
                     .collect::<Result<Vec<_>, _>>()
                     .context("BENCH_MESH: mesh sizes, comma-separated")?,
                 Err(_) => {
-                    connect(&bin).await?;
+                    connect(&bin, RUNS).await?;
                     vec![8, 16]
                 }
             };
@@ -103,9 +112,9 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn connect(bin: &std::path::Path) -> Result<()> {
-    println!("connect: join -> chat open, two Rust peers through the server, {RUNS} runs");
-    let mut times = connect_times(bin).await?;
+async fn connect(bin: &std::path::Path, runs: usize) -> Result<()> {
+    println!("connect: join -> chat open, two Rust peers through the server, {runs} runs");
+    let mut times = connect_times(bin, runs.max(1)).await?;
     times.sort();
     let p = |q: f64| times[((times.len() as f64 - 1.0) * q).round() as usize];
     println!(
@@ -173,21 +182,36 @@ async fn start_server(bin: &std::path::Path) -> Result<(testkit::ServerProcess, 
     Ok((server, url))
 }
 
-async fn connect_times(bin: &std::path::Path) -> Result<Vec<Duration>> {
+async fn connect_times(bin: &std::path::Path, runs: usize) -> Result<Vec<Duration>> {
     let (_server, url) = start_server(bin).await?;
+    let log_dir = bin.parent().context("no target directory")?.join("bench");
+    let slow = Duration::from_millis(env_usize("BENCH_SLOW_MS")?.unwrap_or(SLOW_MS) as u64);
+    let logs = |run: usize| ["first", "second"].map(|p| log_dir.join(format!("connect-{run}-{p}.log")));
+    if std::env::var("BENCH_LOG").is_ok() {
+        std::fs::create_dir_all(&log_dir)?;
+    }
     let mut times = Vec::new();
-    for run in 0..RUNS {
+    for run in 0..runs {
         let room = format!("bench{run}");
-        let (mut first, mut first_events) = spawn_peer(bin, &url, &room)?;
+        let [first_log, second_log] = logs(run);
+        let (mut first, mut first_events) = spawn_peer_logged(bin, &url, &room, Some(&first_log))?;
         wait_event(&mut first_events, "welcome").await?;
-        let (mut second, mut second_events) = spawn_peer(bin, &url, &room)?;
+        let (mut second, mut second_events) = spawn_peer_logged(bin, &url, &room, Some(&second_log))?;
         let joined = wait_event(&mut second_events, "welcome").await?;
         let opened = wait_event(&mut second_events, "channel_open").await?;
-        times.push(opened - joined);
+        let time = opened - joined;
+        times.push(time);
+        if std::env::var("BENCH_CONNECT").is_ok() {
+            println!("  run {run}: {:.1} ms", ms(time));
+        }
         let _ = first.start_kill();
         let _ = second.start_kill();
         let _ = first.wait().await;
         let _ = second.wait().await;
+        if time < slow {
+            let _ = std::fs::remove_file(&first_log);
+            let _ = std::fs::remove_file(&second_log);
+        }
     }
     Ok(times)
 }
@@ -268,7 +292,26 @@ fn spawn_peer(
     url: &str,
     room: &str,
 ) -> Result<(Child, mpsc::Receiver<(String, Instant)>)> {
-    let mut child = Command::new(bin.join("peer"))
+    spawn_peer_logged(bin, url, room, None)
+}
+
+/// [`spawn_peer`], with the peer's stderr in `log` at `BENCH_LOG`'s filter when both are set.
+fn spawn_peer_logged(
+    bin: &std::path::Path,
+    url: &str,
+    room: &str,
+    log: Option<&std::path::Path>,
+) -> Result<(Child, mpsc::Receiver<(String, Instant)>)> {
+    let filter = std::env::var("BENCH_LOG").ok();
+    let stderr = match (log, &filter) {
+        (Some(path), Some(_)) => Stdio::from(std::fs::File::create(path)?),
+        _ => Stdio::null(),
+    };
+    let mut command = Command::new(bin.join("peer"));
+    if let (Some(_), Some(filter)) = (log, filter) {
+        command.env("RUST_LOG", filter);
+    }
+    let mut child = command
         // Loopback only: the default binds every interface, and a benchmark must not send ICE
         // checks to this machine's external address.
         .args(["--server", url, "--room", room, "--json", "--bind", "127.0.0.1:0"])
@@ -279,7 +322,7 @@ fn spawn_peer(
         )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}/peer", bin.display()))?;
