@@ -114,8 +114,11 @@ async fn websocket(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {
+            // A task of its own rather than axum's upgrade task, which would hold its own state
+            // beside the connection's for the connection's whole life (docs/benchmarks.md, idle).
             let tasks = shared.tasks.clone();
-            tasks.track_future(ws::serve(socket, shared, connection.ticket))
+            tasks.spawn(ws::serve(socket, shared, connection.ticket));
+            std::future::ready(())
         })
 }
 

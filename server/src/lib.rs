@@ -77,6 +77,8 @@ pub async fn run(
     });
     accept::serve(listener, shared.clone(), tls, http::router(shared.clone())).await;
     shared.shutdown.cancel();
+    // Each writer looks at the shutdown when woken, and sends its close (ws.rs).
+    shared.rooms.wake_all();
     shared.tasks.close();
     if tokio::time::timeout(SHUTDOWN_WAIT, shared.tasks.wait()).await.is_err() {
         tracing::warn!("some connections did not close in time");

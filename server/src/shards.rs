@@ -166,6 +166,14 @@ impl Shards {
         }
     }
 
+    /// Wakes every connection's writer, one shard at a time: at shutdown, so that each sees it
+    /// and sends its close.
+    pub fn wake_all(&self) {
+        for shard in 0..self.shards.len() {
+            self.lock_index(shard).wake_all();
+        }
+    }
+
     /// Ends expired members and trims retention, one shard at a time.
     pub fn expire(&self, now: Instant) {
         for shard in 0..self.shards.len() {

@@ -3,11 +3,13 @@
 //! beyond what a single connection needs; the rules live in `rooms.rs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
+use std::future::poll_fn;
+
 use futures_util::{SinkExt, StreamExt};
 use protocol::{ErrorCode, RoomName, close_code};
 use tokio::sync::Notify;
@@ -21,7 +23,7 @@ use crate::ids::PeerId;
 use crate::inbound::{self, Request};
 use crate::outbox::OpenFrame;
 use crate::refusal::Refusal;
-use crate::rooms::{CloseRequest, JoinRequest, Rooms};
+use crate::rooms::{CloseRequest, JoinRequest, Outbound, Rooms};
 use crate::shards::Placement;
 use crate::state::Shared;
 
@@ -51,46 +53,48 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves one upgraded connection until it ends, whichever side ends it.
 ///
-/// Not an `async fn`: the socket is split here, before the future exists, so that the future
-/// holds only the two small halves. (An `async fn` keeps its arguments in the future for its
-/// whole life: the 368-byte `WebSocket`, twice with the inner block, in every idle connection.)
+/// An idle connection holds this future for its whole life, so its size is most of what an idle
+/// connection costs (docs/benchmarks.md, "What an idle joined connection holds"). Hence: not an
+/// `async fn` but an `async move` block, whose captures are used in place (an `async fn` keeps
+/// each argument twice, as the argument and as the local it is moved into); the socket is split
+/// before the block exists, so that it holds only the two small halves; the reader and the writer
+/// borrow what they share; and the states few connections reach (closing, `--redis` requests)
+/// are boxed while they last.
 pub fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) -> impl Future<Output = ()> + Send {
     let wake = Arc::new(Notify::new());
     let place = shared.rooms.connect(Arc::clone(&wake));
     shared.rooms.lock(&place).hold_ticket(place.conn(), ticket);
     let span = tracing::info_span!("conn", conn = %place.conn());
-    let (sink, stream) = socket.split();
-    serve_split(sink, stream, shared, place, wake).instrument(span)
-}
-
-async fn serve_split(
-    sink: SplitSink<WebSocket, Message>,
-    mut stream: SplitStream<WebSocket>,
-    shared: Arc<Shared>,
-    place: Placement,
-    wake: Arc<Notify>,
-) {
-    {
-        let place = &place;
+    let (mut sink, mut stream) = socket.split();
+    let connection = Connection {
+        shared,
+        place,
+        wake,
+        unconfirmed: AtomicU64::new(Connection::NONE),
+        ping_due: AtomicBool::new(false),
+    };
+    async move {
+        let connection = &connection;
         // Whatever path ends this function, the connection's membership is suspended (or
         // dropped, if it never joined) exactly once.
-        let mut membership = DisconnectOnDrop { shared: &shared, place, unwritten_from: None };
-        let unconfirmed = Unconfirmed(AtomicU64::new(Unconfirmed::NONE));
+        let _membership = DisconnectOnDrop(connection);
         let ended = {
-            let reader = Reader::new(&shared, place).run(&mut stream);
-            let writer = write_loop(sink, &shared, place, &wake, &unconfirmed);
+            let mut reader = Reader::new(connection);
+            let reader = reader.run(&mut stream);
+            let writer = write_loop(&mut sink, connection);
             tokio::pin!(reader, writer);
             tokio::select! {
                 end = &mut reader => match end {
                     ReadEnd::Gone => WriteEnd::Dropped,
                     // The reader asked for a close: let the writer finish what is queued and
                     // send the close frame.
-                    ReadEnd::Closing => timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer).await.unwrap_or(WriteEnd::Dropped),
+                    ReadEnd::Closing => Box::pin(timeout(CLOSE_WRITE_TIMEOUT * 2, &mut writer))
+                        .await
+                        .unwrap_or(WriteEnd::Dropped),
                 },
                 end = &mut writer => end,
             }
         };
-        membership.unwritten_from = unconfirmed.get();
         if ended == WriteEnd::CloseSent {
             // Closing handshake: read on until the client's close, so that unread input does
             // not make the kernel reset the connection before the client reads our close frame.
@@ -105,27 +109,54 @@ async fn serve_split(
         }
         tracing::debug!("connection ended");
     }
+    .instrument(span)
+}
+
+/// What the reader and the writer of one connection share; owned by the connection's task.
+#[derive(Debug)]
+struct Connection {
+    shared: Arc<Shared>,
+    place: Placement,
+    /// Notified whenever the rooms queue something for this connection, a ping is due, or the
+    /// server shuts down.
+    wake: Arc<Notify>,
+    /// The journal position of the batch the writer is writing, until its flush succeeds. If
+    /// the connection ends first, however it ends, that batch did not surely get out.
+    unconfirmed: AtomicU64,
+    /// Set by the reader's timer (one timer serves the idle deadline and the pings): the writer
+    /// sends a ping with its next batch.
+    ping_due: AtomicBool,
+}
+
+impl Connection {
+    const NONE: u64 = u64::MAX;
+
+    fn set_unconfirmed(&self, position: Option<u64>) {
+        self.unconfirmed.store(position.unwrap_or(Self::NONE), Ordering::Relaxed);
+    }
+
+    fn unconfirmed(&self) -> Option<u64> {
+        Some(self.unconfirmed.load(Ordering::Relaxed)).filter(|p| *p != Self::NONE)
+    }
 }
 
 fn is_leave(message: &Message) -> bool {
     matches!(message, Message::Text(text) if matches!(inbound::parse(text), Ok(Request::Leave)))
 }
 
-struct DisconnectOnDrop<'a> {
-    shared: &'a Shared,
-    place: &'a Placement,
-    /// Set when the writer's last batch failed: from this journal position on, its messages
-    /// are handed out again on the member's next connection.
-    unwritten_from: Option<u64>,
-}
+/// Suspends the connection's member (or drops the connection, if it never joined) when the
+/// connection's task ends, however it ends. The writer's last batch, if its flush did not
+/// succeed, is pending again on the member's next connection.
+struct DisconnectOnDrop<'a>(&'a Connection);
 
 impl Drop for DisconnectOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(cluster) = &self.shared.cluster {
-            return cluster.disconnect(self.shared, self.place, self.unwritten_from);
+        let Connection { shared, place, .. } = self.0;
+        let unwritten_from = self.0.unconfirmed();
+        if let Some(cluster) = &shared.cluster {
+            return cluster.disconnect(shared, place, unwritten_from);
         }
-        let (rooms, conn) = (&self.shared.rooms, self.place.conn());
-        rooms.lock(self.place).disconnect(conn, crate::clock::now(), self.unwritten_from);
+        shared.rooms.lock(place).disconnect(place.conn(), crate::clock::now(), unwritten_from);
     }
 }
 
@@ -134,23 +165,6 @@ enum WriteEnd {
     CloseSent,
     /// The socket failed, or was abandoned because its client does not read.
     Dropped,
-}
-
-/// The journal position of the batch the writer is writing, until its flush succeeds. If the
-/// connection ends first, however it ends, that batch did not surely get out.
-#[derive(Debug)]
-struct Unconfirmed(AtomicU64);
-
-impl Unconfirmed {
-    const NONE: u64 = u64::MAX;
-
-    fn set(&self, position: Option<u64>) {
-        self.0.store(position.unwrap_or(Self::NONE), Ordering::Relaxed);
-    }
-
-    fn get(&self) -> Option<u64> {
-        Some(self.0.load(Ordering::Relaxed)).filter(|p| *p != Self::NONE)
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -162,8 +176,7 @@ enum ReadEnd {
 }
 
 struct Reader<'a> {
-    shared: &'a Shared,
-    place: &'a Placement,
+    connection: &'a Connection,
     /// Every frame the client sends is charged here: the connection's own budget before it
     /// joins, its member's after (a resume goes on with the member's).
     budget: SharedBudget,
@@ -173,35 +186,52 @@ struct Reader<'a> {
     room: Option<RoomName>,
     joined_by: Instant,
     heard_at: Instant,
+    /// When the writer is to send the next ping: the reader's timer serves it too, so that a
+    /// connection keeps one timer, not two.
+    ping_at: Instant,
 }
 
 impl<'a> Reader<'a> {
-    fn new(shared: &'a Shared, place: &'a Placement) -> Self {
+    fn new(connection: &'a Connection) -> Self {
+        let shared = &connection.shared;
         let now = crate::clock::now();
         Self {
-            shared,
-            place,
+            connection,
             budget: SharedBudget::new(shared.config.rate_limit, now),
             member: None,
             room: None,
             joined_by: now + shared.config.join_timeout,
             heard_at: now,
+            ping_at: now + shared.config.ping_interval,
         }
+    }
+
+    fn shared(&self) -> &'a Shared {
+        &self.connection.shared
+    }
+
+    fn place(&self) -> &'a Placement {
+        &self.connection.place
+    }
+
+    /// When the timer should fire next: the deadline, or the next ping if that is sooner.
+    fn next_alarm(&self) -> Instant {
+        self.deadline().min(self.ping_at)
     }
 
     /// When the connection times out if nothing more is heard.
     fn deadline(&self) -> Instant {
-        let idle_deadline = self.heard_at + self.shared.config.idle_timeout;
+        let idle_deadline = self.heard_at + self.shared().config.idle_timeout;
         match self.member {
             Some(_) => idle_deadline,
             None => idle_deadline.min(self.joined_by),
         }
     }
 
-    async fn run(mut self, stream: &mut SplitStream<WebSocket>) -> ReadEnd {
+    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) -> ReadEnd {
         // One timer for the connection, moved only when it fires early: re-arming it for every
         // frame cost a timer-wheel insert and removal per signal.
-        let timer = tokio::time::sleep_until(self.deadline().into());
+        let timer = tokio::time::sleep_until(self.next_alarm().into());
         tokio::pin!(timer);
         loop {
             let message = tokio::select! {
@@ -209,9 +239,14 @@ impl<'a> Reader<'a> {
                 message = stream.next() => message,
                 () = &mut timer => {
                     let now = crate::clock::now();
-                    let deadline = self.deadline();
-                    if now < deadline {
-                        timer.as_mut().reset(deadline.into());
+                    if now >= self.ping_at {
+                        // As `MissedTickBehavior::Delay`: a late ping moves the next one.
+                        self.ping_at = now + self.shared().config.ping_interval;
+                        self.connection.ping_due.store(true, Ordering::Relaxed);
+                        self.connection.wake.notify_one();
+                    }
+                    if now < self.deadline() {
+                        timer.as_mut().reset(self.next_alarm().into());
                         continue;
                     }
                     if self.member.is_none() && now >= self.joined_by {
@@ -242,13 +277,6 @@ impl<'a> Reader<'a> {
                 // cannot be repeated, and refusing it would keep the member in grace.
                 Verdict::Refused if self.member.is_some() && is_leave(&message) => {}
                 Verdict::Refused => {
-                    if let (Some(cluster), Some(id), Some(room)) =
-                        (&self.shared.cluster, &self.member, &self.room)
-                    {
-                        // Before the refusal is sent: a resume elsewhere finds the spent budget.
-                        let tokens = self.budget.tokens(now);
-                        Box::pin(cluster.store_budget(self.place.conn(), room, id, tokens)).await;
-                    }
                     let to = match &message {
                         Message::Text(text) => match inbound::parse(text) {
                             Ok(Request::Signal { to, .. }) => Some(to.into_owned()),
@@ -256,6 +284,15 @@ impl<'a> Reader<'a> {
                         },
                         _ => None,
                     };
+                    // Not kept across the wait below: the future would hold a message's room.
+                    drop(message);
+                    if let (Some(cluster), Some(id), Some(room)) =
+                        (&self.shared().cluster, &self.member, &self.room)
+                    {
+                        // Before the refusal is sent: a resume elsewhere finds the spent budget.
+                        let tokens = self.budget.tokens(now);
+                        Box::pin(cluster.store_budget(self.place().conn(), room, id, tokens)).await;
+                    }
                     self.refuse(
                         Refusal::new(ErrorCode::RateLimited, "over the message budget; slow down")
                             .about_signal_to(to.as_deref()),
@@ -269,7 +306,14 @@ impl<'a> Reader<'a> {
             }
             match message {
                 Message::Text(text) => {
-                    if let Some(end) = self.on_text(&text, now).await {
+                    let end = if self.shared().cluster.is_some() {
+                        // Boxed: the Redis round trips' state would otherwise sit in every
+                        // connection's future, with or without --redis (docs/benchmarks.md, idle).
+                        Box::pin(self.on_text_cluster(text)).await
+                    } else {
+                        self.on_text(&text, now)
+                    };
+                    if let Some(end) = end {
                         return end;
                     }
                 }
@@ -284,35 +328,17 @@ impl<'a> Reader<'a> {
     }
 
     /// Handles one text frame; `Some` ends the read loop.
-    async fn on_text(&mut self, text: &str, now: Instant) -> Option<ReadEnd> {
+    fn on_text(&mut self, text: &str, now: Instant) -> Option<ReadEnd> {
         match inbound::parse(text) {
             Err(refusal) => self.refuse(refusal),
             Ok(Request::Join { room, name, resume, token, last_seq }) => {
-                let request = JoinRequest { room, name, resume, last_seq };
-                if self.shared.cluster.is_some() {
-                    // Boxed: the Redis round trips' state would otherwise sit in every
-                    // connection's future, with or without --redis (docs/benchmarks.md, idle).
-                    return Box::pin(self.join_cluster(request, token)).await;
-                }
-                return self.join(request, token, now);
-            }
-            Ok(Request::Signal { to, signal }) if self.shared.cluster.is_some() => {
-                Box::pin(self.relay_cluster(&to, signal)).await;
+                return self.join(JoinRequest { room, name, resume, last_seq }, token, now);
             }
             Ok(Request::Signal { to, signal }) => self.relay(&to, signal, now),
-            Ok(Request::Leave) if self.shared.cluster.is_some() => {
-                if let (Some(cluster), Some(id), Some(room)) =
-                    (&self.shared.cluster, &self.member, &self.room)
-                {
-                    Box::pin(cluster.leave(self.shared, self.place, room, id)).await;
-                    return Some(ReadEnd::Closing);
-                }
-                self.refuse(Refusal::new(ErrorCode::NotJoined, "not in a room"));
-            }
             Ok(Request::Leave) => {
                 // Bound first: a guard in the match scrutinee would live through the arms, and
                 // `refuse` takes the lock again.
-                let left = self.rooms().leave(self.place.conn(), now);
+                let left = self.rooms().leave(self.place().conn(), now);
                 return match left {
                     Ok(()) => Some(ReadEnd::Closing),
                     Err(refusal) => {
@@ -325,12 +351,33 @@ impl<'a> Reader<'a> {
         None
     }
 
+    /// [`Self::on_text`] with `--redis`: Redis decides (crate::cluster).
+    async fn on_text_cluster(&mut self, text: Utf8Bytes) -> Option<ReadEnd> {
+        match inbound::parse(&text) {
+            Err(refusal) => self.refuse(refusal),
+            Ok(Request::Join { room, name, resume, token, last_seq }) => {
+                return self.join_cluster(JoinRequest { room, name, resume, last_seq }, token).await;
+            }
+            Ok(Request::Signal { to, signal }) => self.relay_cluster(&to, signal).await,
+            Ok(Request::Leave) => {
+                if let (Some(cluster), Some(id), Some(room)) =
+                    (&self.shared().cluster, &self.member, &self.room)
+                {
+                    cluster.leave(self.shared(), self.place(), room, id).await;
+                    return Some(ReadEnd::Closing);
+                }
+                self.refuse(Refusal::new(ErrorCode::NotJoined, "not in a room"));
+            }
+        }
+        None
+    }
+
     fn join(&mut self, request: JoinRequest, token: Option<String>, now: Instant) -> Option<ReadEnd> {
         if self.member.is_some() {
             self.refuse(Refusal::new(ErrorCode::AlreadyJoined, "this connection has already joined a room"));
             return None;
         }
-        let grant = match &self.shared.config.token_secret {
+        let grant = match &self.shared().config.token_secret {
             None => Ok(()),
             Some(secret) => {
                 let (room, name) = (&request.room, request.name.as_ref());
@@ -338,7 +385,7 @@ impl<'a> Reader<'a> {
             }
         };
         // The room's shard; the connection moves there to join.
-        let mut rooms = self.shared.rooms.lock_for_room(self.place, &request.room);
+        let mut rooms = self.shared().rooms.lock_for_room(self.place(), &request.room);
         // A resume within grace needs no room token: the resume token already proves membership.
         if let Err(reason) = grant
             && !rooms.can_resume(&request)
@@ -348,7 +395,7 @@ impl<'a> Reader<'a> {
             self.refuse(Refusal::new(ErrorCode::Unauthorized, reason));
             return Some(self.close(close_code::POLICY, "unauthorized"));
         }
-        match rooms.join(self.place.conn(), request, now) {
+        match rooms.join(self.place().conn(), request, now) {
             Ok(joined) => {
                 self.budget = rooms.share_budget(&joined.id, self.budget.clone());
                 drop(rooms);
@@ -365,12 +412,12 @@ impl<'a> Reader<'a> {
 
     /// `join` with `--redis`: Redis decides (crate::cluster); the reader only keeps the result.
     async fn join_cluster(&mut self, request: JoinRequest, token: Option<String>) -> Option<ReadEnd> {
-        let Some(cluster) = &self.shared.cluster else { return None };
+        let Some(cluster) = &self.shared().cluster else { return None };
         if self.member.is_some() {
             self.refuse(Refusal::new(ErrorCode::AlreadyJoined, "this connection has already joined a room"));
             return None;
         }
-        let authorized = match &self.shared.config.token_secret {
+        let authorized = match &self.shared().config.token_secret {
             None => Ok(()),
             Some(secret) => {
                 let (room, name) = (&request.room, request.name.as_ref());
@@ -380,7 +427,7 @@ impl<'a> Reader<'a> {
         if let Err(reason) = &authorized {
             tracing::info!(%reason, "join without a valid room token: only a resume may proceed");
         }
-        match cluster.join(self.shared, self.place, request, authorized.is_ok()).await {
+        match cluster.join(self.shared(), self.place(), request, authorized.is_ok()).await {
             Ok(joined) => {
                 self.budget = self.rooms().share_budget(&joined.id, self.budget.clone());
                 tracing::info!(peer = %joined.id, room = %joined.room, resumed = joined.resumed, "joined");
@@ -401,7 +448,8 @@ impl<'a> Reader<'a> {
 
     /// A signal with `--redis`: numbered and kept by Redis, delivered by the recipient's instance.
     async fn relay_cluster(&mut self, to: &str, signal: &str) {
-        let (Some(cluster), Some(from), Some(room)) = (&self.shared.cluster, &self.member, &self.room) else {
+        let (Some(cluster), Some(from), Some(room)) = (&self.shared().cluster, &self.member, &self.room)
+        else {
             self.refuse(
                 Refusal::new(ErrorCode::NotJoined, "join a room before sending signals")
                     .about_signal_to(Some(to)),
@@ -411,7 +459,7 @@ impl<'a> Reader<'a> {
         let mut open = String::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
         push_signal_head(|text| open.push_str(text), from);
         open.push_str(signal);
-        if let Err(refusal) = cluster.relay(self.shared, self.place.conn(), room, from, to, open).await {
+        if let Err(refusal) = cluster.relay(self.shared(), self.place().conn(), room, from, to, open).await {
             self.refuse(refusal);
         }
     }
@@ -429,7 +477,7 @@ impl<'a> Reader<'a> {
         let mut frame = OpenFrame::with_capacity(SIGNAL_HEAD_LEN + from.as_str().len() + signal.len());
         push_signal_head(|text| frame.push_str(text), from);
         frame.push_str(signal);
-        let result = self.shared.rooms.relay(self.place, from, to, frame, now);
+        let result = self.shared().rooms.relay(self.place(), from, to, frame, now);
         if let Err(refusal) = result {
             self.refuse(refusal);
         }
@@ -437,16 +485,16 @@ impl<'a> Reader<'a> {
 
     fn refuse(&self, refusal: Refusal) {
         tracing::debug!(code = %refusal.code, message = %refusal.message, "refused");
-        self.rooms().refuse(self.place.conn(), &refusal, crate::clock::now());
+        self.rooms().refuse(self.place().conn(), &refusal, crate::clock::now());
     }
 
     /// The shard this connection is in, locked. Never across an `.await`.
     fn rooms(&self) -> std::sync::MutexGuard<'a, Rooms> {
-        self.shared.rooms.lock(self.place)
+        self.shared().rooms.lock(self.place())
     }
 
     fn close(&self, code: u16, reason: &'static str) -> ReadEnd {
-        self.rooms().close(self.place.conn(), CloseRequest::new(code, reason));
+        self.rooms().close(self.place().conn(), CloseRequest::new(code, reason));
         ReadEnd::Closing
     }
 
@@ -486,68 +534,70 @@ impl<'a> Reader<'a> {
 
 /// Writes what [`Rooms`](crate::rooms::Rooms) queues for this connection, pings it, and sends the
 /// close frame when one is requested or the server shuts down.
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    shared: &Shared,
-    place: &Placement,
-    wake: &Notify,
-    unconfirmed: &Unconfirmed,
-) -> WriteEnd {
-    let mut ping = tokio::time::interval(shared.config.ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ping.tick().await;
+async fn write_loop(sink: &mut SplitSink<WebSocket, Message>, connection: &Connection) -> WriteEnd {
+    let Connection { shared, place, wake, .. } = connection;
     // After a write, look again before sleeping: wake-ups that came during it were consumed.
     let mut just_wrote = false;
     loop {
+        // Looked at before and after waiting: at shutdown every writer is woken (lib.rs), and
+        // one that starts after that sees it here.
         if !just_wrote {
-            tokio::select! {
-                biased;
-                () = shared.shutdown.cancelled() => {
-                    let close = CloseRequest::new(close_code::GOING_AWAY, "server shutting down");
-                    return send_close(&mut sink, close).await;
-                }
-                () = wake.notified() => {}
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        return WriteEnd::Dropped;
-                    }
-                    continue;
-                }
+            if shared.shutdown.is_cancelled() {
+                return Box::pin(send_close(sink, SHUTTING_DOWN)).await;
             }
+            wake.notified().await;
         }
-        let outbound = shared.rooms.lock(place).take_outbound(place.conn(), crate::clock::now());
-        just_wrote = !outbound.frames.is_empty();
+        if shared.shutdown.is_cancelled() {
+            return Box::pin(send_close(sink, SHUTTING_DOWN)).await;
+        }
+        let ping = connection.ping_due.swap(false, Ordering::Relaxed);
+        let Outbound { frames, close, journal_from } =
+            shared.rooms.lock(place).take_outbound(place.conn(), crate::clock::now());
+        just_wrote = ping || !frames.is_empty();
         if just_wrote {
-            unconfirmed.set(outbound.journal_from);
+            connection.set_unconfirmed(journal_from);
             // Several frames queued at once go out in one flush: one syscall, not one each.
+            // (`poll_ready` then `start_send` rather than `feed`, whose future would hold the
+            // message.)
             let write = async {
-                for frame in outbound.frames {
-                    sink.feed(Message::Text(frame)).await?;
+                if ping {
+                    poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+                    sink.start_send_unpin(Message::Ping(Default::default()))?;
                 }
-                sink.flush().await
+                for frame in frames {
+                    poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
+                    sink.start_send_unpin(Message::Text(frame))?;
+                }
+                poll_fn(|cx| sink.poll_flush_unpin(cx)).await
             };
             let written = tokio::select! {
                 result = write => result.is_ok(),
-                () = shared.shutdown.cancelled() => false,
-                () = abandoned(shared, place, wake) => false,
+                () = abandoned(connection) => false,
             };
             if !written {
                 return WriteEnd::Dropped;
             }
-            unconfirmed.set(None);
+            connection.set_unconfirmed(None);
         }
-        if let Some(close) = outbound.close {
-            return send_close(&mut sink, close).await;
+        if let Some(close) = close {
+            // Boxed: once per connection, and not in every idle connection's future.
+            return Box::pin(send_close(sink, close)).await;
         }
     }
 }
 
+const SHUTTING_DOWN: CloseRequest = CloseRequest::new(close_code::GOING_AWAY, "server shutting down");
+
 /// Resolves when the connection is closed for not reading (or replaced) while its writer is
-/// stuck: a close frame could not get through anyway, so the socket is dropped.
-async fn abandoned(shared: &Shared, place: &Placement, wake: &Notify) {
+/// stuck, or the server shuts down: a close frame could not get through anyway, so the socket is
+/// dropped.
+async fn abandoned(connection: &Connection) {
+    let Connection { shared, place, wake, .. } = connection;
     loop {
         wake.notified().await;
-        if shared.rooms.lock(place).close_requested(place.conn()).is_some_and(|close| close.immediate) {
+        if shared.shutdown.is_cancelled()
+            || shared.rooms.lock(place).close_requested(place.conn()).is_some_and(|close| close.immediate)
+        {
             return;
         }
     }

@@ -137,8 +137,8 @@ impl Rooms {
         self.rooms.entry(room.clone()).or_default().members.push(id.clone());
         self.members.insert(
             id.clone(),
-            Member {
-                name: String::new(),
+            Box::new(Member {
+                name: Box::default(),
                 room: room.clone(),
                 // Redis keeps a mirrored member's token; this one is in no index.
                 resume_token: ResumeToken::fresh(),
@@ -146,7 +146,7 @@ impl Rooms {
                 held: Held { ticket: None, budget },
                 journal,
                 trim_due: false,
-            },
+            }),
         );
         let welcome = self.welcome(&id, &room, peers, resume_token, resumed, welcome_seq);
         self.link_connection(conn, &id, welcome);
