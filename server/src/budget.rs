@@ -139,26 +139,30 @@ impl Budget {
 /// A budget that outlives the connection that spends it: a member's, which its next connection
 /// (a resume, or a connection that replaces it) goes on spending, so that dropping and resuming
 /// never starts a fresh one. Only the member's current reader charges it, so the lock is free.
+/// Without a rate limit (`--no-rate-limit`) there is nothing to keep, and nothing is allocated.
 #[derive(Debug, Clone)]
-pub struct SharedBudget(Arc<Mutex<Budget>>);
+pub struct SharedBudget(Option<Arc<Mutex<Budget>>>);
 
 impl SharedBudget {
     pub fn new(limit: Option<RateLimit>, now: Instant) -> Self {
-        Self(Arc::new(Mutex::new(Budget::new(limit, now))))
+        Self(limit.map(|limit| Arc::new(Mutex::new(Budget::new(Some(limit), now)))))
     }
 
     pub fn charge(&self, bytes: usize, now: Instant) -> Verdict {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).charge(bytes, now)
+        match &self.0 {
+            None => Verdict::Allowed,
+            Some(budget) => budget.lock().unwrap_or_else(PoisonError::into_inner).charge(bytes, now),
+        }
     }
 
     /// What is left now, to hand to another instance.
     pub fn tokens(&self, now: Instant) -> Option<Tokens> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).tokens(now)
+        self.0.as_ref()?.lock().unwrap_or_else(PoisonError::into_inner).tokens(now)
     }
 
     /// A member's budget carried from another instance: `tokens` left `age` ago.
     pub fn resumed(limit: Option<RateLimit>, tokens: Tokens, age: std::time::Duration, now: Instant) -> Self {
-        Self(Arc::new(Mutex::new(Budget::resumed(limit, tokens, age, now))))
+        Self(limit.map(|limit| Arc::new(Mutex::new(Budget::resumed(Some(limit), tokens, age, now)))))
     }
 }
 
@@ -223,14 +227,17 @@ mod tests {
         }
         assert_eq!(later.charge(10, start), Verdict::Refused);
         assert!(SharedBudget::new(None, start).tokens(start).is_none());
+        assert!(SharedBudget::resumed(None, tokens, Duration::ZERO, start).tokens(start).is_none());
     }
 
     #[test]
     fn no_limit_allows_everything() {
         let start = Instant::now();
         let mut budget = Budget::new(None, start);
+        let shared = SharedBudget::new(None, start);
         for _ in 0..100_000 {
             assert_eq!(budget.charge(65536, start), Verdict::Allowed);
+            assert_eq!(shared.charge(65536, start), Verdict::Allowed);
         }
     }
 }
