@@ -8,7 +8,7 @@
 //! connection. A cut then resets both sides: what was held dies with the connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,11 @@ pub struct CuttingProxy {
 struct Held {
     holding: AtomicBool,
     bytes: Mutex<Vec<u8>>,
+    /// Cuts made so far. A connection born before the latest cut forwards nothing more: the
+    /// cut ends holding at once, but the connection's task notices the cut only when it next
+    /// runs, and what it reads meanwhile comes after the held bytes that the cut destroys.
+    /// Forwarding it would hand the client a gap the server never made.
+    cuts_made: AtomicU64,
 }
 
 impl CuttingProxy {
@@ -66,6 +71,7 @@ impl CuttingProxy {
                     // Subscribed before `open` is read: a cut racing this accept either refuses
                     // the connection or ends it, never misses it.
                     let mut cut = cuts.subscribe();
+                    let born = held.cuts_made.load(Ordering::SeqCst);
                     if !open.load(Ordering::SeqCst) {
                         // Refused: the client sees its connection end at once.
                         drop(client);
@@ -77,7 +83,8 @@ impl CuttingProxy {
                         let (mut client_read, mut client_write) = client.into_split();
                         let (mut server_read, mut server_write) = server.into_split();
                         let upstream_copy = tokio::io::copy(&mut client_read, &mut server_write);
-                        let downstream_copy = forward_or_hold(&mut server_read, &mut client_write, &held);
+                        let downstream_copy =
+                            forward_or_hold(&mut server_read, &mut client_write, &held, born);
                         let was_cut = tokio::select! {
                             _ = upstream_copy => false,
                             _ = downstream_copy => false,
@@ -96,6 +103,11 @@ impl CuttingProxy {
             })
         };
         CuttingProxy { addr, open, cuts, accept, held }
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `ws://127.0.0.1:PORT/ws`: the signaling URL through the proxy.
@@ -136,6 +148,8 @@ impl CuttingProxy {
     /// Aborts every connection carried so far and refuses new ones. Held bytes are lost.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
+        // Before holding ends: a connection that then reads with holding off sees the cut.
+        self.held.cuts_made.fetch_add(1, Ordering::SeqCst);
         self.cuts.send_modify(|n| *n += 1);
         self.held.holding.store(false, Ordering::SeqCst);
     }
@@ -154,11 +168,13 @@ impl Drop for CuttingProxy {
     }
 }
 
-/// Copies the server's bytes to the client, or keeps them while holding.
+/// Copies the server's bytes to the client, or keeps them while holding, until a cut after
+/// `born` (the cuts made when the connection was accepted).
 async fn forward_or_hold(
     server: &mut tokio::net::tcp::OwnedReadHalf,
     client: &mut tokio::net::tcp::OwnedWriteHalf,
     held: &Held,
+    born: u64,
 ) {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -168,7 +184,10 @@ async fn forward_or_hold(
         };
         if held.holding.load(Ordering::SeqCst) {
             held.bytes.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buffer[..read]);
-        } else if client.write_all(&buffer[..read]).await.is_err() {
+        } else if held.cuts_made.load(Ordering::SeqCst) != born
+            || client.write_all(&buffer[..read]).await.is_err()
+        {
+            // Cut (what was held before these bytes is gone), or the client is.
             return;
         }
     }
