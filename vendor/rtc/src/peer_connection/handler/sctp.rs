@@ -300,11 +300,8 @@ impl<'a> SctpHandler<'a> {
                             self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
                                 now: transmit.now,
                                 transport: transmit.transport,
-                                // Switchboard patch: `From<Bytes>` takes over the packet rtc-sctp
-                                // just marshalled (its only owner) instead of copying it into a
-                                // fresh buffer; DTLS seals from it into the datagram.
                                 message: RTCMessageInternal::Dtls(DTLSMessage::Raw(
-                                    BytesMut::from(raw),
+                                    BytesMut::from(&raw[..]),
                                 )),
                             });
                         }
@@ -518,9 +515,8 @@ impl<'a>
                                 self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
                                     now: transmit.now,
                                     transport: transmit.transport,
-                                    // Switchboard patch: no copy (see `flush_transmits`).
                                     message: RTCMessageInternal::Dtls(DTLSMessage::Raw(
-                                        BytesMut::from(raw),
+                                        BytesMut::from(&raw[..]),
                                     )),
                                 });
                             }
