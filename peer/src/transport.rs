@@ -300,8 +300,6 @@ impl AsyncUdpSocket for OneReceivePerTurn {
 }
 
 #[cfg(test)]
-mod ice_race;
-#[cfg(test)]
 mod sctp_recovery;
 
 #[cfg(test)]
