@@ -300,6 +300,8 @@ impl AsyncUdpSocket for OneReceivePerTurn {
 }
 
 #[cfg(test)]
+mod ice_race;
+#[cfg(test)]
 mod sctp_recovery;
 
 #[cfg(test)]

@@ -499,6 +499,20 @@ impl Agent {
 
     fn trigger_request_connectivity_check(&mut self, remote_candidates: Vec<Candidate>) {
         for c in remote_candidates {
+            // Switchboard patch: a signaled candidate with the transport address of a
+            // peer-reflexive one (learned from a check that outran the signaling) takes its
+            // place, as Trickle ICE (RFC 8838, 11.4) asks, instead of becoming a second remote
+            // candidate with that address. Upstream added it as another candidate: its pair had
+            // the higher priority but never succeeded (every check and response from that
+            // address is credited to the first candidate with it, the peer-reflexive one), so
+            // the controlling agent, which nominates an inbound check's pair only when it is the
+            // best available one, waited for its next check tick (20 ms here) to nominate the
+            // peer-reflexive pair: the slow join -> chat runs of docs/benchmarks.md.
+            if let Some(index) = self.peer_reflexive_with_address_of(&c) {
+                self.replace_peer_reflexive(index, c);
+                self.request_connectivity_check();
+                continue;
+            }
             if !self.remote_candidates.iter().any(|cand| cand.equal(&c)) {
                 self.remote_candidates.push(c);
                 let remote_index = self.remote_candidates.len() - 1;
@@ -512,6 +526,51 @@ impl Agent {
                 }
 
                 self.request_connectivity_check();
+            }
+        }
+    }
+
+    /// Switchboard patch: the peer-reflexive remote candidate that the signaled candidate `c`
+    /// stands for (same transport address and network), if any.
+    fn peer_reflexive_with_address_of(&self, c: &Candidate) -> Option<usize> {
+        if c.candidate_type() == CandidateType::PeerReflexive {
+            return None;
+        }
+        self.remote_candidates.iter().position(|r| {
+            r.candidate_type() == CandidateType::PeerReflexive
+                && r.network_type() == c.network_type()
+                && r.addr() == c.addr()
+        })
+    }
+
+    /// Switchboard patch: puts the signaled candidate `c` in the place of the peer-reflexive
+    /// remote candidate at `index`. Its pairs keep their index, state and nomination (a pair
+    /// that already succeeded stays valid) and take the signaled candidate's priority; what was
+    /// last sent to or received from the address carries over (the selected pair's liveness).
+    fn replace_peer_reflexive(&mut self, index: usize, mut c: Candidate) {
+        let old = &self.remote_candidates[index];
+        debug!(
+            "[{}]: remote candidate {} replaces peer-reflexive {}",
+            self.get_name(),
+            c,
+            old
+        );
+        c.last_sent = old.last_sent;
+        c.last_received = old.last_received;
+        let priority = c.priority();
+        self.remote_candidates[index] = c;
+        for pair in self
+            .candidate_pairs
+            .iter_mut()
+            .filter(|p| p.remote_index == index)
+        {
+            pair.remote_priority = priority;
+        }
+        for local_index in 0..self.local_candidates.len() {
+            if self.local_candidates[local_index].can_pair_with(&self.remote_candidates[index])
+                && self.find_pair(local_index, index).is_none()
+            {
+                self.add_pair(local_index, index);
             }
         }
     }
