@@ -94,4 +94,28 @@ impl CipherSuite for CipherSuiteTlsPskWithAes128GcmSha256 {
         ))?;
         cg.decrypt(input)
     }
+
+    // Switchboard patch: seal and open in place (see the trait).
+    fn encrypt_into(
+        &mut self,
+        pkt_rlh: &RecordLayerHeader,
+        payload: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<()> {
+        let cg = self.gcm.as_mut().ok_or(Error::Other(
+            "CipherSuite has not been initialized, unable to encrypt".to_owned(),
+        ))?;
+        cg.encrypt_into(pkt_rlh, payload, out)
+    }
+
+    fn decrypt_in_place(
+        &mut self,
+        h: &RecordLayerHeader,
+        record: &mut [u8],
+    ) -> Result<std::ops::Range<usize>> {
+        let cg = self.gcm.as_mut().ok_or(Error::Other(
+            "CipherSuite has not been initialized, unable to decrypt".to_owned(),
+        ))?;
+        cg.decrypt_in_place(h, record)
+    }
 }

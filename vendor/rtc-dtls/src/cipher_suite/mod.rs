@@ -270,6 +270,52 @@ pub trait CipherSuite: Send {
     ///
     /// Fails if authentication fails, or the record is malformed.
     fn decrypt(&mut self, input: &[u8]) -> Result<Vec<u8>>;
+
+    /// Switchboard patch: protects one record of `payload` under `pkt_rlh` and appends it,
+    /// header included, to `out`; the same bytes as `encrypt` of the marshalled record. A suite
+    /// that can seal in place (AES-GCM) overrides it to spare the staging copies and
+    /// allocations of `encrypt` on every outgoing application-data record.
+    ///
+    /// # Errors
+    ///
+    /// As `encrypt`.
+    fn encrypt_into(
+        &mut self,
+        pkt_rlh: &RecordLayerHeader,
+        payload: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<()> {
+        let mut raw = Vec::with_capacity(RECORD_LAYER_HEADER_SIZE + payload.len());
+        RecordLayerHeader {
+            content_len: payload.len() as u16,
+            ..*pkt_rlh
+        }
+        .marshal(&mut raw)?;
+        raw.extend_from_slice(payload);
+        out.extend_from_slice(&self.encrypt(pkt_rlh, &raw)?);
+        Ok(())
+    }
+
+    /// Switchboard patch: unprotects the record `record` (header `h`, already parsed) where it
+    /// lies and returns where in `record` its plaintext now is; the same plaintext as
+    /// `decrypt`. AES-GCM overrides it to open in place, sparing a copy and an allocation per
+    /// incoming application-data record.
+    ///
+    /// # Errors
+    ///
+    /// As `decrypt`; `record`'s contents are then unspecified.
+    fn decrypt_in_place(
+        &mut self,
+        h: &RecordLayerHeader,
+        record: &mut [u8],
+    ) -> Result<std::ops::Range<usize>> {
+        let _ = h;
+        let d = self.decrypt(record)?;
+        let plaintext = &d[RECORD_LAYER_HEADER_SIZE..];
+        record[RECORD_LAYER_HEADER_SIZE..RECORD_LAYER_HEADER_SIZE + plaintext.len()]
+            .copy_from_slice(plaintext);
+        Ok(RECORD_LAYER_HEADER_SIZE..RECORD_LAYER_HEADER_SIZE + plaintext.len())
+    }
 }
 
 // Taken from https://www.iana.org/assignments/tls-parameters/tls-parameters.xml

@@ -98,6 +98,81 @@ impl CryptoGcm {
         Ok(r)
     }
 
+    /// Switchboard patch: `encrypt` of the record `pkt_rlh` + `payload`, written straight into
+    /// `out`: header, explicit nonce, payload sealed in place, tag. `encrypt` stages the
+    /// marshalled record and the result in two fresh buffers, i.e. two copies and two
+    /// allocations per outgoing packet on top of the caller's.
+    pub fn encrypt_into(
+        &mut self,
+        pkt_rlh: &RecordLayerHeader,
+        payload: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<()> {
+        let mut nonce = [0u8; CRYPTO_GCM_NONCE_LENGTH];
+        nonce[..4].copy_from_slice(&self.local_write_iv[..4]);
+        self.provider
+            .random()
+            .fill(&mut nonce[4..])
+            .map_err(crypto_error)?;
+
+        let additional_data = generate_aead_additional_data(pkt_rlh, payload.len());
+
+        let start = out.len();
+        out.reserve(RECORD_LAYER_HEADER_SIZE + 8 + payload.len() + CRYPTO_GCM_TAG_LENGTH);
+        let header = RecordLayerHeader {
+            content_len: (8 + payload.len() + CRYPTO_GCM_TAG_LENGTH) as u16,
+            ..*pkt_rlh
+        };
+        let mut header_bytes = [0u8; RECORD_LAYER_HEADER_SIZE];
+        header.marshal(&mut &mut header_bytes[..])?;
+        out.extend_from_slice(&header_bytes);
+        out.extend_from_slice(&nonce[4..]);
+        out.extend_from_slice(payload);
+
+        let mut tag = [0; CRYPTO_GCM_TAG_LENGTH];
+        self.local_gcm
+            .seal_in_place(
+                &nonce,
+                &additional_data,
+                &mut out[start + RECORD_LAYER_HEADER_SIZE + 8..],
+                &mut tag,
+            )
+            .map_err(crypto_error)?;
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Switchboard patch: `decrypt` of the record `r` (header `h`) in place. Returns where
+    /// the plaintext is: between the explicit nonce and the tag. `decrypt` copies the record
+    /// into a fresh buffer to open it there.
+    pub fn decrypt_in_place(
+        &mut self,
+        h: &RecordLayerHeader,
+        r: &mut [u8],
+    ) -> Result<std::ops::Range<usize>> {
+        if r.len() <= (RECORD_LAYER_HEADER_SIZE + 8) {
+            return Err(Error::ErrNotEnoughRoomForNonce);
+        }
+        let mut nonce = [0u8; CRYPTO_GCM_NONCE_LENGTH];
+        nonce[..4].copy_from_slice(&self.remote_write_iv[..4]);
+        nonce[4..].copy_from_slice(&r[RECORD_LAYER_HEADER_SIZE..RECORD_LAYER_HEADER_SIZE + 8]);
+
+        let out = &mut r[RECORD_LAYER_HEADER_SIZE + 8..];
+        if out.len() < CRYPTO_GCM_TAG_LENGTH {
+            return Err(Error::Other(
+                "DTLS AES-GCM record too short for tag".to_string(),
+            ));
+        }
+        let tag_start = out.len() - CRYPTO_GCM_TAG_LENGTH;
+        let additional_data = generate_aead_additional_data(h, tag_start);
+        let (ciphertext, tag) = out.split_at_mut(tag_start);
+        self.remote_gcm
+            .open_in_place(&nonce, &additional_data, ciphertext, tag)
+            .map_err(authentication_error)?;
+        let start = RECORD_LAYER_HEADER_SIZE + 8;
+        Ok(start..start + tag_start)
+    }
+
     /// Unprotects one record.
     ///
     /// # Errors

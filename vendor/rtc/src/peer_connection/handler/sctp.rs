@@ -300,8 +300,11 @@ impl<'a> SctpHandler<'a> {
                             self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
                                 now: transmit.now,
                                 transport: transmit.transport,
+                                // Switchboard patch: `From<Bytes>` takes over the packet rtc-sctp
+                                // just marshalled (its only owner) instead of copying it into a
+                                // fresh buffer; DTLS seals from it into the datagram.
                                 message: RTCMessageInternal::Dtls(DTLSMessage::Raw(
-                                    BytesMut::from(&raw[..]),
+                                    BytesMut::from(raw),
                                 )),
                             });
                         }
@@ -515,8 +518,9 @@ impl<'a>
                                 self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
                                     now: transmit.now,
                                     transport: transmit.transport,
+                                    // Switchboard patch: no copy (see `flush_transmits`).
                                     message: RTCMessageInternal::Dtls(DTLSMessage::Raw(
-                                        BytesMut::from(&raw[..]),
+                                        BytesMut::from(raw),
                                     )),
                                 });
                             }
