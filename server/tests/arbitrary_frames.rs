@@ -76,17 +76,17 @@ fn frame() -> impl Strategy<Value = Frame> {
 /// The answer to one frame: a message that parses as a protocol message, or a close.
 async fn answer(client: &mut Client) -> Result<(), String> {
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), client.ws.next()).await;
+        let next = support::within_real_time(Duration::from_secs(10), client.ws.next()).await;
         match next {
-            Err(_) => return Err("no answer within 10 s".into()),
-            Ok(Some(Ok(Message::Text(text)))) => {
+            None => return Err("no answer within 10 s".into()),
+            Some(Some(Ok(Message::Text(text)))) => {
                 return serde_json::from_str::<protocol::ServerMessage>(&text)
                     .map(|_| ())
                     .map_err(|e| format!("not a protocol message: {text} ({e})"));
             }
-            Ok(Some(Ok(Message::Close(_)))) | Ok(None) => return Ok(()),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(e))) => return Err(format!("broken connection instead of a close: {e}")),
+            Some(Some(Ok(Message::Close(_)))) | Some(None) => return Ok(()),
+            Some(Some(Ok(_))) => continue,
+            Some(Some(Err(e))) => return Err(format!("broken connection instead of a close: {e}")),
         }
     }
 }

@@ -77,7 +77,7 @@ async fn close_code(stream: &mut TcpStream) -> Option<u16> {
             }
         }
     };
-    tokio::time::timeout(support::WAIT, read).await.expect("server closes in time")
+    support::within_real_time(support::WAIT, read).await.expect("server closes in time")
 }
 
 #[tokio::test(start_paused = true)]
@@ -255,8 +255,11 @@ async fn tls_serves_https_and_wss() {
     ws.send(tokio_tungstenite::tungstenite::Message::text(r#"{"type":"join","room":"secure"}"#))
         .await
         .expect("sent");
-    let reply =
-        tokio::time::timeout(support::WAIT, ws.next()).await.expect("in time").expect("a frame").expect("ok");
+    let reply = support::within_real_time(support::WAIT, ws.next())
+        .await
+        .expect("in time")
+        .expect("a frame")
+        .expect("ok");
     let reply: serde_json::Value = serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
     assert_eq!(reply["type"], "welcome");
     let _ = std::fs::remove_dir_all(dir);

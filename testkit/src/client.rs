@@ -9,8 +9,11 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 
-/// How long a test waits for something it expects before failing with a message. On a paused
-/// clock this is virtual time: a test that waits it out costs nothing.
+use crate::within_real_time;
+
+/// How long a test waits for something it expects before failing with a message: real time, on
+/// a paused clock too (see [`within_real_time`]). Windows that mean something in the protocol
+/// (`try_recv(within)`, `expect_silence`) stay on tokio's clock.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// Where a server under test listens, and what a client does there.
@@ -160,9 +163,13 @@ impl Client {
 
     /// The next protocol message; fails the test on close or after [`WAIT`].
     pub async fn recv(&mut self) -> Value {
-        match self.try_recv(WAIT).await {
-            Some(message) => message,
-            None => panic!("no message within {WAIT:?}"),
+        loop {
+            let Some(frame) = within_real_time(WAIT, self.ws.next()).await else {
+                panic!("no message within {WAIT:?}");
+            };
+            if let Some(message) = Self::protocol_message(frame) {
+                return message;
+            }
         }
     }
 
@@ -171,15 +178,22 @@ impl Client {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
-            match frame {
-                Some(Ok(Message::Text(text))) => {
-                    return Some(serde_json::from_str(&text).expect("server sends JSON"));
-                }
-                Some(Ok(Message::Close(close))) => panic!("closed unexpectedly: {close:?}"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("connection failed: {e}"),
-                None => panic!("connection ended"),
+            if let Some(message) = Self::protocol_message(frame) {
+                return Some(message);
             }
+        }
+    }
+
+    /// A text frame's JSON; `None` for a ping or pong; fails the test on a close or an error.
+    fn protocol_message(
+        frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Option<Value> {
+        match frame {
+            Some(Ok(Message::Text(text))) => Some(serde_json::from_str(&text).expect("server sends JSON")),
+            Some(Ok(Message::Close(close))) => panic!("closed unexpectedly: {close:?}"),
+            Some(Ok(_)) => None,
+            Some(Err(e)) => panic!("connection failed: {e}"),
+            None => panic!("connection ended"),
         }
     }
 
@@ -202,9 +216,10 @@ impl Client {
     /// returned too.
     pub async fn until_closed(&mut self) -> (Vec<Value>, Ended) {
         let mut seen = Vec::new();
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = std::time::Instant::now() + WAIT;
         loop {
-            let Ok(frame) = tokio::time::timeout_at(deadline, self.ws.next()).await else {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(frame) = within_real_time(left, self.ws.next()).await else {
                 panic!("connection still open after {WAIT:?}; saw {seen:?}");
             };
             match frame {

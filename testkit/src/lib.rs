@@ -15,9 +15,11 @@ mod client;
 mod in_process;
 mod process;
 pub mod procfs;
+mod real_time;
 mod tls;
 
 pub use client::{Client, Ended, Endpoint, WAIT, http_get, sequence_of, signal_to};
 pub use in_process::InProcess;
 pub use process::{Launch, ServerProcess};
+pub use real_time::within_real_time;
 pub use tls::self_signed_localhost;

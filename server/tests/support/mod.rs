@@ -6,6 +6,7 @@
 
 pub use testkit::{
     Client, Ended, Endpoint, InProcess, ServerProcess, WAIT, http_get, sequence_of, signal_to,
+    within_real_time,
 };
 
 /// This build's `server` binary with `args` (`--addr 127.0.0.1:0` first).
