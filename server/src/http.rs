@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Extension, Request, State, WebSocketUpgrade};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -13,12 +13,15 @@ use axum::routing::get;
 use rust_embed::Embed;
 use tower_http::services::ServeDir;
 
+use tungstenite::protocol::WebSocketConfig;
+
 use crate::accept::Connection;
 use crate::admission::OverCap;
 use crate::hosts::origin_allowed;
 use crate::proxy;
 use crate::state::Shared;
 use crate::turned_away::Reason;
+use crate::upgrade::Upgrade;
 use crate::ws;
 
 /// The page, built into the binary so that `cargo run -p server` works from any directory.
@@ -91,7 +94,7 @@ async fn websocket(
     State(shared): State<Arc<Shared>>,
     Extension(connection): Extension<Connection>,
     headers: axum::http::HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Response {
     let scheme = if shared.config.tls.is_some() { "https" } else { "http" };
     if !origin_allowed(&headers, &shared.config.allowed_origins, scheme) {
@@ -100,7 +103,7 @@ async fn websocket(
         return (StatusCode::FORBIDDEN, "this Origin may not open a WebSocket here\n").into_response();
     }
     let limit = shared.config.max_frame_bytes;
-    upgrade
+    let config = WebSocketConfig::default()
         // Sized for idle connections, not throughput: every connection holds this much while it
         // waits (4 KiB was 40 % of an idle connection's bytes), and `ReadAhead` already takes
         // whole batches from the kernel, so a small read costs no syscall. A frame larger than
@@ -111,15 +114,10 @@ async fn websocket(
         // cost a syscall per frame.) The buffer only grows to what is actually queued.
         .write_buffer_size(WRITE_BATCH_BYTES)
         .max_write_buffer_size(16 * 1024 * 1024)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            // A task of its own rather than axum's upgrade task, which would hold its own state
-            // beside the connection's for the connection's whole life (docs/benchmarks.md, idle).
-            let tasks = shared.tasks.clone();
-            tasks.spawn(ws::serve(socket, shared, connection.ticket));
-            std::future::ready(())
-        })
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let tasks = shared.tasks.clone();
+    upgrade.on_upgrade(config, &tasks, move |socket| ws::serve(socket, shared, connection.ticket))
 }
 
 /// 200 `ok`; with `--redis`, 503 while Redis is unreachable (a balancer then sends new

@@ -32,6 +32,7 @@ mod state;
 pub mod tls;
 pub mod turn;
 mod turned_away;
+mod upgrade;
 mod ws;
 
 use std::future::Future;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use axum::extract::ws::Utf8Bytes;
+use tungstenite::Utf8Bytes;
 
 /// One outbound WebSocket text frame. Cloning is cheap (reference-counted bytes): the copy a
 /// writer takes and the one the journal retains share one buffer.

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use std::future::poll_fn;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Message, Utf8Bytes};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{ErrorCode, RoomName, close_code};
@@ -26,6 +27,7 @@ use crate::refusal::Refusal;
 use crate::rooms::{CloseRequest, JoinRequest, Outbound, Rooms};
 use crate::shards::Placement;
 use crate::state::Shared;
+use crate::upgrade::Socket;
 
 /// A relayed signal: these around the sender's id, then the signal's text, then its number.
 const SIGNAL_FROM: &str = r#"{"type":"signal","from":""#;
@@ -60,7 +62,7 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// before the block exists, so that it holds only the two small halves; the reader and the writer
 /// borrow what they share; and the states few connections reach (closing, `--redis` requests)
 /// are boxed while they last.
-pub fn serve(socket: WebSocket, shared: Arc<Shared>, ticket: Ticket) -> impl Future<Output = ()> + Send {
+pub fn serve(socket: Socket, shared: Arc<Shared>, ticket: Ticket) -> impl Future<Output = ()> + Send {
     let wake = Arc::new(Notify::new());
     let place = shared.rooms.connect(Arc::clone(&wake));
     shared.rooms.lock(&place).hold_ticket(place.conn(), ticket);
@@ -228,7 +230,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    async fn run(&mut self, stream: &mut SplitStream<WebSocket>) -> ReadEnd {
+    async fn run(&mut self, stream: &mut SplitStream<Socket>) -> ReadEnd {
         // One timer for the connection, moved only when it fires early: re-arming it for every
         // frame cost a timer-wheel insert and removal per signal.
         let timer = tokio::time::sleep_until(self.next_alarm().into());
@@ -268,6 +270,8 @@ impl<'a> Reader<'a> {
                 Message::Text(text) => text.len(),
                 Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
                 Message::Close(_) => return ReadEnd::Gone,
+                // Raw frames are only ever written, never read (tungstenite); skipped as axum did.
+                Message::Frame(_) => continue,
             };
             // Every frame costs: whatever its kind (a `leave` or a ping included) and whatever
             // the answer, so no kind of frame can be sent for free without end.
@@ -322,7 +326,7 @@ impl<'a> Reader<'a> {
                     "binary frames are not part of the protocol; send JSON in text frames",
                 )),
                 // Answered by the WebSocket layer (ping) or nothing to do (pong).
-                Message::Ping(_) | Message::Pong(_) | Message::Close(_) => {}
+                Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
             }
         }
     }
@@ -499,14 +503,9 @@ impl<'a> Reader<'a> {
     }
 
     /// RFC 6455 failures: tell the client why, where the socket still allows it.
-    fn on_socket_error(&self, error: axum::Error) -> ReadEnd {
-        let error = error.into_inner();
-        let Some(error) = error.downcast_ref::<tungstenite::Error>() else {
-            tracing::debug!(%error, "socket error");
-            return ReadEnd::Gone;
-        };
+    fn on_socket_error(&self, error: tungstenite::Error) -> ReadEnd {
         use tungstenite::error::{CapacityError, ProtocolError};
-        match error {
+        match &error {
             tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
                 tracing::info!(size, max_size, "closing: frame too large");
                 self.refuse(Refusal::new(
@@ -534,7 +533,7 @@ impl<'a> Reader<'a> {
 
 /// Writes what [`Rooms`](crate::rooms::Rooms) queues for this connection, pings it, and sends the
 /// close frame when one is requested or the server shuts down.
-async fn write_loop(sink: &mut SplitSink<WebSocket, Message>, connection: &Connection) -> WriteEnd {
+async fn write_loop(sink: &mut SplitSink<Socket, Message>, connection: &Connection) -> WriteEnd {
     let Connection { shared, place, wake, .. } = connection;
     // After a write, look again before sleeping: wake-ups that came during it were consumed.
     let mut just_wrote = false;
@@ -603,8 +602,8 @@ async fn abandoned(connection: &Connection) {
     }
 }
 
-async fn send_close(sink: &mut SplitSink<WebSocket, Message>, close: CloseRequest) -> WriteEnd {
-    let frame = CloseFrame { code: close.code, reason: Utf8Bytes::from_static(close.reason) };
+async fn send_close(sink: &mut SplitSink<Socket, Message>, close: CloseRequest) -> WriteEnd {
+    let frame = CloseFrame { code: close.code.into(), reason: Utf8Bytes::from_static(close.reason) };
     match timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await {
         Ok(Ok(())) => WriteEnd::CloseSent,
         _ => WriteEnd::Dropped,

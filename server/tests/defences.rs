@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use support::{Client, Ended, Endpoint, InProcess};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Opens a WebSocket by hand (so that the test can then write frames no library would), from
@@ -78,6 +78,86 @@ async fn close_code(stream: &mut TcpStream) -> Option<u16> {
         }
     };
     support::within_real_time(support::WAIT, read).await.expect("server closes in time")
+}
+
+/// Writes the upgrade request and `frames` with one write (so they reach the server together and
+/// hyper reads the frames along with the request head), then reads the response head byte by
+/// byte. Returns the HTTP status.
+async fn upgrade_with_frames<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    host: &str,
+    frames: &[u8],
+) -> u16 {
+    let mut request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    request.extend_from_slice(frames);
+    stream.write_all(&request).await.expect("request and frames written");
+    stream.flush().await.expect("flushed");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.expect("read") == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line")
+}
+
+/// The next text frame from the server, as JSON (pings and other frames skipped).
+async fn next_text<S: AsyncRead + Unpin>(stream: &mut S) -> serde_json::Value {
+    let read = async {
+        loop {
+            let mut header = [0u8; 2];
+            stream.read_exact(&mut header).await.expect("a frame header");
+            let len = match header[1] & 0x7f {
+                126 => {
+                    let mut ext = [0u8; 2];
+                    stream.read_exact(&mut ext).await.expect("length");
+                    u16::from_be_bytes(ext) as usize
+                }
+                127 => panic!("no huge frames expected"),
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.expect("payload");
+            match header[0] & 0x0f {
+                1 => return serde_json::from_slice(&payload).expect("JSON"),
+                8 => panic!("closed: {payload:?}"),
+                _ => {}
+            }
+        }
+    };
+    support::within_real_time(support::WAIT, read).await.expect("a text frame in time")
+}
+
+/// A `join` and then a second `join`, as one client would send them, masked.
+fn join_twice() -> Vec<u8> {
+    let mut frames = frame(1, br#"{"type":"join","room":"eager"}"#, true);
+    frames.extend(frame(1, br#"{"type":"join","room":"eager"}"#, true));
+    frames
+}
+
+/// Frames that came in the same packet as the upgrade request (read by hyper with the head) are
+/// the client's first frames: the server reads them before anything else, in order.
+#[tokio::test(start_paused = true)]
+async fn frames_sent_with_the_upgrade_request_are_read_first_and_in_order() {
+    let server = InProcess::start(&[]).await;
+    let mut stream = TcpStream::connect(&server.addr).await.expect("connect");
+    stream.set_nodelay(true).expect("TCP_NODELAY");
+    assert_eq!(upgrade_with_frames(&mut stream, &server.addr, &join_twice()).await, 101);
+    assert_eq!(next_text(&mut stream).await["type"], "welcome");
+    let second = next_text(&mut stream).await;
+    assert_eq!((second["type"].as_str(), second["code"].as_str()), (Some("error"), Some("already_joined")));
+    // And the connection goes on after them: a frame sent now is answered too.
+    let signal = br#"{"type":"signal","to":"nobody","signal":{"type":"candidate","candidate":null}}"#;
+    stream.write_all(&frame(1, signal, true)).await.expect("written");
+    let third = next_text(&mut stream).await;
+    assert_eq!((third["code"].as_str(), third["to"].as_str()), (Some("unknown_peer"), Some("nobody")));
 }
 
 #[tokio::test(start_paused = true)]
@@ -234,20 +314,7 @@ async fn tls_serves_https_and_wss() {
         key_path.to_str().expect("utf-8"),
     ])
     .await;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(&cert_path).expect("PEM")).expect("our cert is a valid root");
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = TcpStream::connect(&server.addr).await.expect("connect");
-    tcp.set_nodelay(true).expect("TCP_NODELAY");
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls =
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake");
+    let tls = tls_client(&server.addr, &cert_path).await;
     let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", server.port()), tls)
         .await
         .expect("wss upgrade");
@@ -262,5 +329,43 @@ async fn tls_serves_https_and_wss() {
         .expect("ok");
     let reply: serde_json::Value = serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
     assert_eq!(reply["type"], "welcome");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TLS connection to `addr` that trusts the certificate at `cert_path` (for `localhost`).
+async fn tls_client(addr: &str, cert_path: &std::path::Path) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(cert_path).expect("PEM")).expect("our cert is a valid root");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("TLS handshake")
+}
+
+/// As over plain TCP: the frames in the same TLS record as the upgrade request come first.
+#[tokio::test(start_paused = true)]
+async fn over_tls_frames_sent_with_the_upgrade_request_are_read_first_and_in_order() {
+    let dir = std::env::temp_dir().join(format!("switchboard-tls-eager-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (cert_path, key_path) = testkit::self_signed_localhost(&dir);
+    let server = InProcess::start(&[
+        "--tls-cert",
+        cert_path.to_str().expect("utf-8"),
+        "--tls-key",
+        key_path.to_str().expect("utf-8"),
+    ])
+    .await;
+    let mut tls = tls_client(&server.addr, &cert_path).await;
+    let host = format!("localhost:{}", server.port());
+    assert_eq!(upgrade_with_frames(&mut tls, &host, &join_twice()).await, 101);
+    assert_eq!(next_text(&mut tls).await["type"], "welcome");
+    assert_eq!(next_text(&mut tls).await["code"], "already_joined");
     let _ = std::fs::remove_dir_all(dir);
 }
