@@ -302,6 +302,8 @@ impl AsyncUdpSocket for OneReceivePerTurn {
 #[cfg(test)]
 mod ice_race;
 #[cfg(test)]
+mod sctp_init_retransmit;
+#[cfg(test)]
 mod sctp_recovery;
 
 #[cfg(test)]

@@ -1050,6 +1050,17 @@ impl Association {
             && state != AssociationState::CookieWait
             && state != AssociationState::CookieEchoed
         {
+            // Switchboard patch: a retransmitted INIT of this very association (the peer's
+            // initiate tag and ports unchanged) that arrives after its COOKIE ECHO has
+            // established it is a late duplicate: ignored, as pion/sctp does (#495). Upstream
+            // returned the error below, and an error from a packet closes the association.
+            if i.initiate_tag == self.peer_verification_tag
+                && p.common_header.source_port == self.destination_port
+                && p.common_header.destination_port == self.source_port
+            {
+                debug!("[{}] duplicate INIT in state '{}' ignored", self.side, state);
+                return Ok(vec![]);
+            }
             // 5.2.2.  Unexpected INIT in States Other than CLOSED, COOKIE-ECHOED,
             //        COOKIE-WAIT, and SHUTDOWN-ACK-SENT
             return Err(Error::ErrHandleInitState);

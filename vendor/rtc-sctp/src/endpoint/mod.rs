@@ -135,8 +135,14 @@ impl Endpoint {
         } else {
             //TODO: improve INIT handling for DoS attack
             if partial_decode.first_chunk_type == CT_INIT {
-                if let Some(dst_cid) = partial_decode.initiate_tag {
-                    self.association_ids.get(&dst_cid).cloned()
+                // Switchboard patch: a retransmitted INIT (its INIT ACK was lost or is late)
+                // carries the peer's initiate tag again, and goes to the association the first
+                // one made. Upstream looked the peer's tag up among our own tags, found nothing,
+                // and made a second association: the peer then completed the handshake with
+                // that one while rtc's data channels stayed on the first, never established
+                // ("sending payload data in non-Established state").
+                if let Some(peer_tag) = partial_decode.initiate_tag {
+                    self.association_ids_init.get(&peer_tag).cloned()
                 } else {
                     None
                 }
@@ -245,6 +251,8 @@ impl Endpoint {
             Some(server_config),
             transport_config,
         );
+        // Switchboard patch: remember the peer's initiate tag (see `handle`).
+        self.association_ids_init.insert(remote_aid, ch);
 
         conn.handle_event(AssociationEvent(AssociationEventInner::Datagram(
             TransportMessage {
