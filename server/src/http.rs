@@ -104,11 +104,14 @@ async fn websocket(
     }
     let limit = shared.config.max_frame_bytes;
     let config = WebSocketConfig::default()
-        // Sized for idle connections, not throughput: every connection holds this much while it
-        // waits (4 KiB was 40 % of an idle connection's bytes), and `ReadAhead` already takes
-        // whole batches from the kernel, so a small read costs no syscall. A frame larger than
-        // this grows the buffer once to the frame's size (docs/benchmarks.md, idle connections).
-        .read_buffer_size(256)
+        // Sized between idle memory and reads per frame: every connection holds this much while
+        // it waits (4 KiB was 40 % of an idle connection's bytes), and `ReadAhead` already takes
+        // whole batches from the kernel, so a read here costs no syscall, only a trip through
+        // tokio-tungstenite and `ReadAhead`: 256 bytes took 1.6 of those per ~365-byte signal,
+        // 1 KiB takes 0.44 (2-3 % of a relayed signal's CPU, for ~0.5 KB more per idle
+        // connection; docs/benchmarks.md, issue 20). A frame larger than this grows the buffer
+        // once to the frame's size.
+        .read_buffer_size(1024)
         // Frames are buffered until this much is queued or the writer flushes, so that a batch
         // of queued frames goes out in one write(2). (0 would write every frame on its own and
         // cost a syscall per frame.) The buffer only grows to what is actually queued.
