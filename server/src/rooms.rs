@@ -610,8 +610,15 @@ impl Rooms {
             ));
         }
         let sender_room = self.members.get(from).map(|m| &m.room);
-        let target = match self.members.get_key_value(to) {
-            Some((id, member)) if Some(&member.room) == sender_room && id != from => id.clone(),
+        // One lookup of the target for its id, number and backlog (this runs for every signal).
+        let (target, seq, backlog) = match self.members.get_key_value(to) {
+            Some((id, member)) if Some(&member.room) == sender_room && id != from => {
+                // A backlog (a member suspended, or not reading) may fill only half of the bound,
+                // so that members who read their sockets always have room, whoever fills the rest.
+                let backlog = matches!(member.link, Link::Suspended { .. })
+                    || member.journal.pending_bytes() > BACKLOG_BYTES;
+                (id.clone(), member.journal.next_seq(), backlog)
+            }
             _ => {
                 return Err(NotRelayed::Refused(
                     Refusal::new(ErrorCode::UnknownPeer, format!("no peer {to:?} in your room"))
@@ -619,12 +626,6 @@ impl Rooms {
                 ));
             }
         };
-        let Some(member) = self.members.get(&target) else { return Ok(()) };
-        let seq = member.journal.next_seq();
-        // A backlog (a member suspended, or not reading) may fill only half of the bound, so
-        // that members who read their sockets always have room, whoever fills the rest.
-        let backlog =
-            matches!(member.link, Link::Suspended { .. }) || member.journal.pending_bytes() > BACKLOG_BYTES;
         let room_left = if backlog { self.queued.limit() / 2 } else { self.queued.limit() };
         let size = frame.stamped_len(seq) + FRAME_OVERHEAD;
         if !self.make_room(size, room_left) {
