@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use futures_util::stream::{SplitSink, SplitStream};
 use std::future::poll_fn;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::{ErrorCode, RoomName, close_code};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, ready};
 use tokio::sync::Notify;
 use tokio::time::{Duration, timeout};
 use tracing::Instrument;
@@ -58,16 +59,15 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// An idle connection holds this future for its whole life, so its size is most of what an idle
 /// connection costs (docs/benchmarks.md, "What an idle joined connection holds"). Hence: not an
 /// `async fn` but an `async move` block, whose captures are used in place (an `async fn` keeps
-/// each argument twice, as the argument and as the local it is moved into); the socket is split
-/// before the block exists, so that it holds only the two small halves; the reader and the writer
-/// borrow what they share; and the states few connections reach (closing, `--redis` requests)
-/// are boxed while they last.
+/// each argument twice, as the argument and as the local it is moved into); the reader and the
+/// writer borrow what they share (the socket included: [`SharedSocket`]); and the states few
+/// connections reach (closing, `--redis` requests) are boxed while they last.
 pub fn serve(socket: Socket, shared: Arc<Shared>, ticket: Ticket) -> impl Future<Output = ()> + Send {
     let wake = Arc::new(Notify::new());
     let place = shared.rooms.connect(Arc::clone(&wake));
     shared.rooms.lock(&place).hold_ticket(place.conn(), ticket);
     let span = tracing::info_span!("conn", conn = %place.conn());
-    let (mut sink, mut stream) = socket.split();
+    let socket = SharedSocket(Mutex::new(socket));
     let connection = Connection {
         shared,
         place,
@@ -76,14 +76,14 @@ pub fn serve(socket: Socket, shared: Arc<Shared>, ticket: Ticket) -> impl Future
         ping_due: AtomicBool::new(false),
     };
     async move {
-        let connection = &connection;
+        let (connection, socket) = (&connection, &socket);
         // Whatever path ends this function, the connection's membership is suspended (or
         // dropped, if it never joined) exactly once.
         let _membership = DisconnectOnDrop(connection);
         let ended = {
             let mut reader = Reader::new(connection);
-            let reader = reader.run(&mut stream);
-            let writer = write_loop(&mut sink, connection);
+            let reader = reader.run(socket);
+            let writer = write_loop(socket, connection);
             tokio::pin!(reader, writer);
             tokio::select! {
                 end = &mut reader => match end {
@@ -101,7 +101,7 @@ pub fn serve(socket: Socket, shared: Arc<Shared>, ticket: Ticket) -> impl Future
             // Closing handshake: read on until the client's close, so that unread input does
             // not make the kernel reset the connection before the client reads our close frame.
             let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
-                while let Some(Ok(message)) = stream.next().await {
+                while let Some(Ok(message)) = poll_fn(|cx| socket.poll_next(cx)).await {
                     if matches!(message, Message::Close(_)) {
                         break;
                     }
@@ -230,7 +230,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    async fn run(&mut self, stream: &mut SplitStream<Socket>) -> ReadEnd {
+    async fn run(&mut self, socket: &SharedSocket) -> ReadEnd {
         // One timer for the connection, moved only when it fires early: re-arming it for every
         // frame cost a timer-wheel insert and removal per signal.
         let timer = tokio::time::sleep_until(self.next_alarm().into());
@@ -244,7 +244,7 @@ impl<'a> Reader<'a> {
             let message = tokio::select! {
                 biased;
                 message = poll_fn(|cx| {
-                    let polled = stream.poll_next_unpin(cx);
+                    let polled = socket.poll_next(cx);
                     if polled.is_pending() {
                         woke_at = None;
                     }
@@ -547,7 +547,7 @@ impl<'a> Reader<'a> {
 
 /// Writes what [`Rooms`](crate::rooms::Rooms) queues for this connection, pings it, and sends the
 /// close frame when one is requested or the server shuts down.
-async fn write_loop(sink: &mut SplitSink<Socket, Message>, connection: &Connection) -> WriteEnd {
+async fn write_loop(socket: &SharedSocket, connection: &Connection) -> WriteEnd {
     let Connection { shared, place, wake, .. } = connection;
     // After a write, look again before sleeping: wake-ups that came during it were consumed.
     let mut just_wrote = false;
@@ -556,12 +556,12 @@ async fn write_loop(sink: &mut SplitSink<Socket, Message>, connection: &Connecti
         // one that starts after that sees it here.
         if !just_wrote {
             if shared.shutdown.is_cancelled() {
-                return Box::pin(send_close(sink, SHUTTING_DOWN)).await;
+                return Box::pin(send_close(socket, SHUTTING_DOWN)).await;
             }
             wake.notified().await;
         }
         if shared.shutdown.is_cancelled() {
-            return Box::pin(send_close(sink, SHUTTING_DOWN)).await;
+            return Box::pin(send_close(socket, SHUTTING_DOWN)).await;
         }
         let ping = connection.ping_due.swap(false, Ordering::Relaxed);
         let Outbound { frames, close, journal_from } =
@@ -570,19 +570,8 @@ async fn write_loop(sink: &mut SplitSink<Socket, Message>, connection: &Connecti
         if just_wrote {
             connection.set_unconfirmed(journal_from);
             // Several frames queued at once go out in one flush: one syscall, not one each.
-            // (`poll_ready` then `start_send` rather than `feed`, whose future would hold the
-            // message.)
-            let write = async {
-                if ping {
-                    poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-                    sink.start_send_unpin(Message::Ping(Default::default()))?;
-                }
-                for frame in frames {
-                    poll_fn(|cx| sink.poll_ready_unpin(cx)).await?;
-                    sink.start_send_unpin(Message::Text(frame))?;
-                }
-                poll_fn(|cx| sink.poll_flush_unpin(cx)).await
-            };
+            let (mut ping, mut frames) = (ping, frames.into_iter());
+            let write = poll_fn(|cx| socket.poll_write_batch(cx, &mut ping, &mut frames));
             let written = tokio::select! {
                 result = write => result.is_ok(),
                 () = abandoned(connection) => false,
@@ -594,7 +583,7 @@ async fn write_loop(sink: &mut SplitSink<Socket, Message>, connection: &Connecti
         }
         if let Some(close) = close {
             // Boxed: once per connection, and not in every idle connection's future.
-            return Box::pin(send_close(sink, close)).await;
+            return Box::pin(send_close(socket, close)).await;
         }
     }
 }
@@ -616,10 +605,66 @@ async fn abandoned(connection: &Connection) {
     }
 }
 
-async fn send_close(sink: &mut SplitSink<Socket, Message>, close: CloseRequest) -> WriteEnd {
+async fn send_close(socket: &SharedSocket, close: CloseRequest) -> WriteEnd {
     let frame = CloseFrame { code: close.code.into(), reason: Utf8Bytes::from_static(close.reason) };
-    match timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await {
+    let mut close = Some(Message::Close(Some(frame)));
+    let send = poll_fn(|cx| {
+        let mut socket = socket.lock();
+        if close.is_some() {
+            ready!(socket.poll_ready_unpin(cx))?;
+            if let Some(message) = close.take() {
+                socket.start_send_unpin(message)?;
+            }
+        }
+        socket.poll_flush_unpin(cx)
+    });
+    match timeout(CLOSE_WRITE_TIMEOUT, send).await {
         Ok(Ok(())) => WriteEnd::CloseSent,
         _ => WriteEnd::Dropped,
+    }
+}
+
+/// The connection's WebSocket, shared by its reader and its writer.
+///
+/// Both run in the connection's one task and never at the same time, and neither holds the lock
+/// across an `.await` (only within one poll), so it is never contended: it is there because the
+/// task must be `Send`. Before, the socket was `split()` into halves behind a `BiLock`, which the
+/// writer took (and `SplitSink` moved each message through its slot) for every frame; here the
+/// writer takes the lock once per poll of a whole batch (docs/benchmarks.md, issue 20).
+struct SharedSocket(Mutex<Socket>);
+
+impl SharedSocket {
+    fn lock(&self) -> MutexGuard<'_, Socket> {
+        // A panic while it was held ended this connection's task, which owns the lock.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, tungstenite::Error>>> {
+        self.lock().poll_next_unpin(cx)
+    }
+
+    /// Queues the ping (if `ping`) and every frame of `frames`, then flushes: one `write(2)` for
+    /// the batch (or more if it is over the write buffer). Taken from `ping` and `frames` only
+    /// once accepted, so a `Pending` resumes where it stopped.
+    fn poll_write_batch(
+        &self,
+        cx: &mut Context<'_>,
+        ping: &mut bool,
+        frames: &mut std::vec::IntoIter<crate::outbox::Frame>,
+    ) -> Poll<Result<(), tungstenite::Error>> {
+        let mut socket = self.lock();
+        while *ping || frames.len() > 0 {
+            ready!(socket.poll_ready_unpin(cx))?;
+            let message = if std::mem::take(ping) {
+                Message::Ping(Default::default())
+            } else {
+                match frames.next() {
+                    Some(frame) => Message::Text(frame),
+                    None => break,
+                }
+            };
+            socket.start_send_unpin(message)?;
+        }
+        socket.poll_flush_unpin(cx)
     }
 }
