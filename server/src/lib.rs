@@ -28,6 +28,7 @@ pub mod rooms;
 #[cfg(not(feature = "fuzzing"))]
 mod rooms;
 mod shards;
+mod socket;
 mod state;
 pub mod tls;
 pub mod turn;

@@ -6,9 +6,9 @@
 //! request is checked by axum's own extractor (so a bad upgrade gets exactly axum's answer), the
 //! 101 is written the same way, and once hyper hands over the connection it is unwrapped
 //! ([`hyper::upgrade::Upgraded::downcast`]) to the socket accept.rs gave hyper: tungstenite then
-//! reads [`ReadAhead`] or the TLS stream directly, with the bytes hyper had read ahead put first
-//! in its read buffer (`from_partially_read`), so a frame sent in the same packet as the
-//! request is still read first.
+//! reads [`ReadAhead`] or the TLS stream directly (through `socket.rs`), with the bytes hyper had
+//! read ahead put first in its read buffer (`from_partially_read`), so a frame sent in the same
+//! packet as the request is still read first.
 
 use std::io;
 use std::pin::Pin;
@@ -24,13 +24,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_tungstenite::WebSocketStream;
-use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::protocol::WebSocketConfig;
 
 use crate::readahead::ReadAhead;
-
-/// A connection's WebSocket, on whichever socket it came in on.
-pub type Socket = WebSocketStream<Transport>;
+use crate::socket::Socket;
 
 /// A valid WebSocket upgrade request (checked by axum's [`WebSocketUpgrade`]), not yet answered.
 pub struct Upgrade {
@@ -83,9 +80,7 @@ impl Upgrade {
                 }
             };
             let (transport, read_ahead) = Transport::unwrap(upgraded);
-            let socket =
-                WebSocketStream::from_partially_read(transport, read_ahead, Role::Server, Some(config)).await;
-            spawner.spawn(serve(socket));
+            spawner.spawn(serve(Socket::new(transport, read_ahead, config)));
         });
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -10,7 +10,6 @@ use std::future::poll_fn;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, Utf8Bytes};
 
-use futures_util::{SinkExt, StreamExt};
 use protocol::{ErrorCode, RoomName, close_code};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
@@ -27,8 +26,8 @@ use crate::outbox::OpenFrame;
 use crate::refusal::Refusal;
 use crate::rooms::{CloseRequest, JoinRequest, Outbound, Rooms};
 use crate::shards::Placement;
+use crate::socket::Socket;
 use crate::state::Shared;
-use crate::upgrade::Socket;
 
 /// A relayed signal: these around the sender's id, then the signal's text, then its number.
 const SIGNAL_FROM: &str = r#"{"type":"signal","from":""#;
@@ -611,12 +610,12 @@ async fn send_close(socket: &SharedSocket, close: CloseRequest) -> WriteEnd {
     let send = poll_fn(|cx| {
         let mut socket = socket.lock();
         if close.is_some() {
-            ready!(socket.poll_ready_unpin(cx))?;
+            ready!(socket.poll_ready(cx))?;
             if let Some(message) = close.take() {
-                socket.start_send_unpin(message)?;
+                socket.start_send(message)?;
             }
         }
-        socket.poll_flush_unpin(cx)
+        socket.poll_flush(cx)
     });
     match timeout(CLOSE_WRITE_TIMEOUT, send).await {
         Ok(Ok(())) => WriteEnd::CloseSent,
@@ -640,7 +639,7 @@ impl SharedSocket {
     }
 
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, tungstenite::Error>>> {
-        self.lock().poll_next_unpin(cx)
+        self.lock().poll_next(cx)
     }
 
     /// Queues the ping (if `ping`) and every frame of `frames`, then flushes: one `write(2)` for
@@ -654,7 +653,7 @@ impl SharedSocket {
     ) -> Poll<Result<(), tungstenite::Error>> {
         let mut socket = self.lock();
         while *ping || frames.len() > 0 {
-            ready!(socket.poll_ready_unpin(cx))?;
+            ready!(socket.poll_ready(cx))?;
             let message = if std::mem::take(ping) {
                 Message::Ping(Default::default())
             } else {
@@ -663,8 +662,8 @@ impl SharedSocket {
                     None => break,
                 }
             };
-            socket.start_send_unpin(message)?;
+            socket.start_send(message)?;
         }
-        socket.poll_flush_unpin(cx)
+        socket.poll_flush(cx)
     }
 }
