@@ -643,8 +643,8 @@ impl SharedSocket {
     }
 
     /// Queues the ping (if `ping`) and every frame of `frames`, then flushes: one `write(2)` for
-    /// the batch (or more if it is over the write buffer). Taken from `ping` and `frames` only
-    /// once accepted, so a `Pending` resumes where it stopped.
+    /// the batch (or more if the socket takes less). Taken from `ping` and `frames` only once
+    /// accepted, so a `Pending` resumes where it stopped.
     fn poll_write_batch(
         &self,
         cx: &mut Context<'_>,
@@ -652,18 +652,11 @@ impl SharedSocket {
         frames: &mut std::vec::IntoIter<crate::outbox::Frame>,
     ) -> Poll<Result<(), tungstenite::Error>> {
         let mut socket = self.lock();
-        while *ping || frames.len() > 0 {
+        if *ping {
             ready!(socket.poll_ready(cx))?;
-            let message = if std::mem::take(ping) {
-                Message::Ping(Default::default())
-            } else {
-                match frames.next() {
-                    Some(frame) => Message::Text(frame),
-                    None => break,
-                }
-            };
-            socket.start_send(message)?;
+            *ping = false;
+            socket.start_send(Message::Ping(Default::default()))?;
         }
-        socket.poll_flush(cx)
+        socket.poll_send_texts(cx, frames)
     }
 }
