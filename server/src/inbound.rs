@@ -9,10 +9,11 @@
 use std::borrow::Cow;
 
 mod scan;
+mod specials;
 
 use protocol::{DisplayName, ErrorCode, RoomName};
 
-use self::scan::{Envelope, SignalFields};
+use self::scan::{Envelope, EnvelopeField, SignalField, SignalFields};
 use crate::refusal::Refusal;
 
 /// A well-formed client request.
@@ -46,7 +47,7 @@ pub fn parse(text: &str) -> Result<Request<'_>, Refusal> {
     }
     let kind = match envelope.kind {
         None => return Err(bad_message("missing field \"type\"")),
-        Some(raw) => string_field("type", raw)?,
+        Some(raw) => string_field("type", raw, envelope.is_plain_string(EnvelopeField::Kind))?,
     };
     match kind.as_ref() {
         "join" => parse_join(&envelope),
@@ -59,14 +60,17 @@ pub fn parse(text: &str) -> Result<Request<'_>, Refusal> {
 fn parse_join(envelope: &Envelope) -> Result<Request<'static>, Refusal> {
     let room = match envelope.room {
         None => return Err(bad_message("join needs a \"room\"")),
-        Some(raw) => string_field("room", raw)?,
+        Some(raw) => string_field("room", raw, envelope.is_plain_string(EnvelopeField::Room))?,
     };
     let room = RoomName::parse(&room).map_err(|e| Refusal::new(ErrorCode::BadRoom, e.to_string()))?;
-    let name = optional_string_field("name", envelope.name)?
+    let plain = |field| envelope.is_plain_string(field);
+    let name = optional_string_field("name", envelope.name, plain(EnvelopeField::Name))?
         .map(|name| DisplayName::parse(&name).map_err(|e| Refusal::new(ErrorCode::BadName, e.to_string())))
         .transpose()?;
-    let resume = optional_string_field("resume", envelope.resume)?.map(Cow::into_owned);
-    let token = optional_string_field("token", envelope.token)?.map(Cow::into_owned);
+    let resume =
+        optional_string_field("resume", envelope.resume, plain(EnvelopeField::Resume))?.map(Cow::into_owned);
+    let token =
+        optional_string_field("token", envelope.token, plain(EnvelopeField::Token))?.map(Cow::into_owned);
     let last_seq = match envelope.last_seq {
         None | Some("null") => None,
         Some(raw) => Some(serde_json::from_str::<u64>(raw).map_err(|_| {
@@ -83,7 +87,7 @@ fn parse_signal<'a>(envelope: &Envelope<'a>) -> Result<Request<'a>, Refusal> {
     // An error about a signal carries its `to` whenever the client gave a usable one.
     let to = match envelope.to {
         None | Some("null") => return Err(bad_message("signal needs a \"to\"")),
-        Some(raw) => string_field("to", raw)?,
+        Some(raw) => string_field("to", raw, envelope.is_plain_string(EnvelopeField::To))?,
     };
     let signal = match envelope.signal {
         None | Some("null") => {
@@ -112,7 +116,8 @@ fn check_signal(raw: &str, signal: &SignalFields) -> Result<(), String> {
     }
     let kind = match signal.kind {
         None | Some("null") => return Err("missing \"type\"".into()),
-        Some(raw) => string_field("type", raw).map_err(|_| "\"type\" must be a string".to_owned())?,
+        Some(raw) => string_field("type", raw, signal.is_plain_string(SignalField::Kind))
+            .map_err(|_| "\"type\" must be a string".to_owned())?,
     };
     match kind.as_ref() {
         "offer" | "answer" if signal.sdp.is_some_and(is_string) => Ok(()),
@@ -156,13 +161,11 @@ fn bad_message(message: impl Into<String>) -> Refusal {
     Refusal::new(ErrorCode::BadMessage, message)
 }
 
-/// The string a raw field holds: borrowed when it has no escapes (the common case: the parse
-/// that captured `raw` already checked it is valid JSON), decoded otherwise.
-fn string_field<'a>(field: &str, json: &'a str) -> Result<Cow<'a, str>, Refusal> {
-    if let Some(plain) = json.strip_prefix('"').and_then(|rest| rest.strip_suffix('"'))
-        && !scan::has_backslash(plain)
-    {
-        return Ok(Cow::Borrowed(plain));
+/// The string a raw field holds: borrowed when the scan found it a string without escapes
+/// (`plain`, the common case), decoded otherwise.
+fn string_field<'a>(field: &str, json: &'a str, plain: bool) -> Result<Cow<'a, str>, Refusal> {
+    if plain && let Some(text) = json.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+        return Ok(Cow::Borrowed(text));
     }
     serde_json::from_str::<String>(json)
         .map(Cow::Owned)
@@ -170,10 +173,14 @@ fn string_field<'a>(field: &str, json: &'a str) -> Result<Cow<'a, str>, Refusal>
 }
 
 /// A field that may be absent or `null`.
-fn optional_string_field<'a>(field: &str, raw: Option<&'a str>) -> Result<Option<Cow<'a, str>>, Refusal> {
+fn optional_string_field<'a>(
+    field: &str,
+    raw: Option<&'a str>,
+    plain: bool,
+) -> Result<Option<Cow<'a, str>>, Refusal> {
     match raw {
         None | Some("null") => Ok(None),
-        Some(raw) => string_field(field, raw).map(Some),
+        Some(raw) => string_field(field, raw, plain).map(Some),
     }
 }
 
@@ -362,6 +369,8 @@ mod tests {
             r#""last_seq":1.5"#,
             r#""last_seq":null"#,
             r#""signal":{"type":"offer","sdp":"v=0\r\n"}"#,
+            r#""signal":{"type":"\u006ffer","sdp":"v=0"}"#,
+            r#""name":"\u00e9va""#,
             r#""signal":{"type":"answer","sdp":5}"#,
             r#""signal":{"type":"candidate","candidate":null}"#,
             r#""signal":{"type":"candidate","candidate":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}"#,
@@ -400,7 +409,7 @@ mod tests {
                 r#""type":"dance""#, r#""type":7"#, r#""type":null"#, r#""t\u0079pe":"signal""#,
                 r#""type":"le\u0061ve""#, "",
             ]),
-            to in proptest::sample::select(vec![r#""to":"p-1""#, r#""to":"p-1""#, r#""to":["p"]"#, r#""to":"p\"1""#, r#""to":null"#, ""]),
+            to in proptest::sample::select(vec![r#""to":"p-1""#, r#""to":"p-1""#, r#""to":["p"]"#, r#""to":"p\"1""#, r#""to":"\u0070-1""#, r#""to":null"#, ""]),
             pieces in proptest::collection::vec(piece(), 0..4),
             rotate in 0..6usize,
             spaces in proptest::collection::vec(proptest::sample::select(vec!["", " ", "\n\t "]), 8),
@@ -525,6 +534,60 @@ mod tests {
                             assert_eq!(outcome(&text), expected, "{text}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The scanner classifies string bytes 64 at a time from the frame's start
+    /// (`inbound::specials`): every kind of byte that ends a plain run, escapes whose `\\` and
+    /// escaped character straddle a 16- or 64-byte boundary, and multi-byte characters across one,
+    /// at every absolute offset of the first three blocks.
+    #[test]
+    fn a_special_byte_at_every_offset_of_the_frame_is_judged_as_serde_json_judges_it() {
+        let prefix = r#"{"type":"leave","x":""#;
+        for special in [
+            "\"",
+            "\\",
+            "\u{0}",
+            "\u{1}",
+            "\u{1f}",
+            "\t",
+            "\n",
+            "\u{7f}",
+            "é",
+            "😀",
+            "\\r\\n",
+            "\\\\",
+            "\\\"",
+            "\\u00e9",
+            "\\ud83d\\ude00",
+            "\\u00",
+            "\\q",
+        ] {
+            for at in 0..=200 - prefix.len() {
+                let text =
+                    format!("{prefix}{}{special}{}\"}}", "a".repeat(at), "b".repeat(200 - prefix.len() - at));
+                if let Some(expected) = expected(&text) {
+                    assert_eq!(outcome(&text), expected, "{special:?} at byte {}", prefix.len() + at);
+                }
+            }
+        }
+    }
+
+    /// A frame cut anywhere (inside a string, an escape, a key, a number; in the middle of a
+    /// 64-byte block or at its end; shorter than 16 bytes) is judged as serde_json judges it,
+    /// and the scan never looks past the end.
+    #[test]
+    fn every_prefix_of_a_frame_is_judged_as_serde_json_judges_it() {
+        let offer = r#"{"type":"signal","to":"p-1","signal":{"type":"offer","sdp":"v=0\r\no=- 42 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=x:\u00e9\"é😀\\\r\n"}}"#;
+        let candidate = r#"{"type":"signal","to":"p-1","signal":{"type":"candidate","candidate":{"candidate":"candidate:1 1 udp 2122260223 192.168.1.23 54321 typ host","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"x7Qa"}}}"#;
+        for frame in [offer, candidate] {
+            assert!(matches!(parse(frame), Ok(Request::Signal { .. })), "{frame}");
+            for cut in (0..=frame.len()).filter(|&cut| frame.is_char_boundary(cut)) {
+                let text = &frame[..cut];
+                if let Some(expected) = expected(text) {
+                    assert_eq!(outcome(text), expected, "{text}");
                 }
             }
         }

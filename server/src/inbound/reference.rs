@@ -236,13 +236,14 @@ fn check_signal(signal: &RawValue) -> Result<(), String> {
     }
 }
 
+// Every string decoded by serde_json (`plain: false`), not borrowed on the scanner's word.
 fn string_field<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, Refusal> {
-    super::string_field(field, raw.get())
+    super::string_field(field, raw.get(), false)
 }
 
 fn optional_string_field<'a>(
     field: &str,
     raw: Option<&'a RawValue>,
 ) -> Result<Option<Cow<'a, str>>, Refusal> {
-    super::optional_string_field(field, raw.map(RawValue::get))
+    super::optional_string_field(field, raw.map(RawValue::get), false)
 }

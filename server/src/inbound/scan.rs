@@ -7,6 +7,8 @@
 //! in one of those objects is noted (a typed parse refuses it), and keys are compared as JSON
 //! strings (`"t\u0079pe"` is `type`).
 
+use super::specials::{self, BLOCK};
+
 /// A known field's value: its exact text in the frame (a string keeps its quotes).
 pub type Raw<'a> = &'a str;
 
@@ -23,6 +25,9 @@ pub struct Envelope<'a> {
     pub signal: Option<Raw<'a>>,
     /// A field above given twice.
     pub duplicate: Option<&'static str>,
+    /// Which of the fields above are strings without escapes (a bit per [`EnvelopeField`]):
+    /// their text between the quotes is the string, with no second look for a `\`.
+    plain: u16,
     /// The `signal` field's own fields, when it is an object.
     pub signal_fields: SignalFields<'a>,
 }
@@ -33,6 +38,8 @@ pub struct SignalFields<'a> {
     pub sdp: Option<Raw<'a>>,
     pub candidate: Option<Raw<'a>>,
     pub duplicate: bool,
+    /// Which of the fields above are strings without escapes (a bit per [`SignalField`]).
+    plain: u8,
     /// The `candidate` field's own fields, when it is an object.
     pub candidate_fields: CandidateFields<'a>,
 }
@@ -45,6 +52,20 @@ pub struct CandidateFields<'a> {
     pub sdp_m_line_index: Option<Raw<'a>>,
     pub username_fragment: Option<Raw<'a>>,
     pub duplicate: bool,
+}
+
+impl Envelope<'_> {
+    /// Whether `field`'s value is a string without escapes.
+    pub fn is_plain_string(&self, field: EnvelopeField) -> bool {
+        self.plain & (1 << field as u16) != 0
+    }
+}
+
+impl SignalFields<'_> {
+    /// Whether `field`'s value is a string without escapes.
+    pub fn is_plain_string(&self, field: SignalField) -> bool {
+        self.plain & (1 << field as u8) != 0
+    }
 }
 
 /// Why the frame is not JSON, and where.
@@ -68,7 +89,8 @@ pub fn scan<'a>(text: &'a str, envelope: &mut Envelope<'a>) -> Result<bool, NotJ
         text,
         bytes,
         pos: 0,
-        controls: has_control_byte(bytes),
+        block_start: usize::MAX,
+        block_mask: 0,
         nesting: Nesting::default(),
         error: NotJson { what: "", at: 0 },
     };
@@ -78,41 +100,6 @@ pub fn scan<'a>(text: &'a str, envelope: &mut Envelope<'a>) -> Result<bool, NotJ
 /// A scan stopped at something that is not JSON; [`Scanner::error`] says what. (A unit error keeps
 /// every `Result` of the scanner in a register.)
 struct Failed;
-
-/// Whether any byte is below 0x20 (a control character, or whitespace other than a space).
-/// Compact JSON has none, and then a string's body ends only at `"` or `\`, so it can be skipped
-/// with a vector search. The minimum of the bytes, unlike a search that stops at the first, is
-/// computed with vector instructions (a few per 16 bytes).
-fn has_control_byte(bytes: &[u8]) -> bool {
-    bytes.iter().fold(u8::MAX, |lowest, &b| lowest.min(b)) < 0x20
-}
-
-/// Whether a string's text (from a frame this module scanned) has an escape: a word at a time,
-/// as these are short (a type, an id).
-pub fn has_backslash(text: &str) -> bool {
-    let mut words = text.as_bytes().chunks_exact(8);
-    let backslashes = ONES * u64::from(b'\\');
-    let in_words = words.by_ref().any(|chunk| {
-        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        zero_bytes(word ^ backslashes) != 0
-    });
-    in_words || words.remainder().contains(&b'\\')
-}
-
-const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-
-/// The high bit of every byte of `word` that is zero, and maybe of bytes above the first such
-/// byte (a borrow runs upwards): the lowest bit set always marks the first zero byte.
-fn zero_bytes(word: u64) -> u64 {
-    word.wrapping_sub(ONES) & !word & HIGH
-}
-
-/// The high bit of every byte of `word` that is below 0x20 (bytes of 0x80 and above never count:
-/// `!word` clears them), with the same rule: the lowest bit set is exact.
-fn control_bytes(word: u64) -> u64 {
-    word.wrapping_sub(ONES * 0x20) & !word & HIGH
-}
 
 /// Which of the three interesting objects a container is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +119,9 @@ enum Slot {
     Candidate(CandidateField),
 }
 
+/// The message's fields the protocol reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EnvelopeField {
+pub enum EnvelopeField {
     Kind,
     Room,
     Name,
@@ -144,8 +132,9 @@ enum EnvelopeField {
     Signal,
 }
 
+/// The signal's fields the protocol reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SignalField {
+pub enum SignalField {
     Kind,
     Sdp,
     Candidate,
@@ -190,8 +179,9 @@ impl Slot {
         }
     }
 
-    /// Stores `raw` as this slot's value (a repeated field is noted, the later value kept).
-    fn fill<'a>(self, raw: Raw<'a>, envelope: &mut Envelope<'a>) {
+    /// Stores `raw` as this slot's value (a repeated field is noted, the later value kept);
+    /// `plain`: it is a string without escapes.
+    fn fill<'a>(self, raw: Raw<'a>, plain: bool, envelope: &mut Envelope<'a>) {
         let (place, duplicate) = match self {
             Slot::Skip => return,
             Slot::Envelope(field) => {
@@ -209,10 +199,14 @@ impl Slot {
                     envelope.duplicate.get_or_insert(name);
                 }
                 *place = Some(raw);
+                let bit = 1 << field as u16;
+                envelope.plain = (envelope.plain & !bit) | (u16::from(plain) * bit);
                 return;
             }
             Slot::Signal(field) => {
                 let signal = &mut envelope.signal_fields;
+                let bit = 1 << field as u8;
+                signal.plain = (signal.plain & !bit) | (u8::from(plain) * bit);
                 let place = match field {
                     SignalField::Kind => &mut signal.kind,
                     SignalField::Sdp => &mut signal.sdp,
@@ -283,9 +277,11 @@ struct Scanner<'a> {
     text: &'a str,
     bytes: &'a [u8],
     pos: usize,
-    /// The frame has a byte below 0x20 somewhere ([`has_control_byte`]): string bodies must be
-    /// checked for them.
-    controls: bool,
+    /// The 64-byte block of the frame that string bodies were last searched in (a multiple of
+    /// [`BLOCK`], or `usize::MAX` before the first), and its [`specials::block_mask`]. The scan
+    /// only moves forward, so each block's mask is computed once at most.
+    block_start: usize,
+    block_mask: u64,
     nesting: Nesting,
     /// Why the scan failed, once it has.
     error: NotJson,
@@ -343,13 +339,14 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             self.skip_whitespace();
             let start = self.pos;
-            match slot.role_of_object() {
+            let plain = match slot.role_of_object() {
                 inner @ (Role::Signal | Role::Candidate) if self.peek() == Some(b'{') => {
                     self.object(inner, envelope)?;
+                    false
                 }
                 _ => self.value()?,
-            }
-            slot.fill(&self.text[start..self.pos], envelope);
+            };
+            slot.fill(&self.text[start..self.pos], plain, envelope);
             self.skip_whitespace();
             match self.peek() {
                 Some(b',') => {
@@ -383,24 +380,26 @@ impl<'a> Scanner<'a> {
         Ok(serde_json::from_str::<String>(raw).map_or(Slot::Skip, |key| Slot::for_key(role, &key)))
     }
 
-    /// Any value at the current position (after whitespace), checked and skipped.
+    /// Any value at the current position (after whitespace), checked and skipped; whether it is
+    /// a string without escapes.
     #[inline(always)]
-    fn value(&mut self) -> Result<(), Failed> {
+    fn value(&mut self) -> Result<bool, Failed> {
         match self.peek() {
-            Some(b'{' | b'[') => self.container(),
+            Some(b'{' | b'[') => self.container().map(|()| false),
             _ => self.scalar(),
         }
     }
 
-    /// A string, number, `true`, `false` or `null` at the current position.
+    /// A string, number, `true`, `false` or `null` at the current position; whether it is a
+    /// string without escapes.
     #[inline(always)]
-    fn scalar(&mut self) -> Result<(), Failed> {
+    fn scalar(&mut self) -> Result<bool, Failed> {
         match self.peek() {
-            Some(b'"') => self.string().map(drop),
-            Some(b'n') => self.literal(b"null"),
-            Some(b't') => self.literal(b"true"),
-            Some(b'f') => self.literal(b"false"),
-            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(b'"') => self.string().map(|escaped| !escaped),
+            Some(b'n') => self.literal(b"null").map(|()| false),
+            Some(b't') => self.literal(b"true").map(|()| false),
+            Some(b'f') => self.literal(b"false").map(|()| false),
+            Some(b'-' | b'0'..=b'9') => self.number().map(|()| false),
             Some(_) => Err(self.fail("expected a value")),
             None => Err(self.fail("end of frame where a value was expected")),
         }
@@ -462,37 +461,25 @@ impl<'a> Scanner<'a> {
         Ok(())
     }
 
-    /// A string starting at `"`; returns whether it holds escapes. Keys and ids mostly end
-    /// within their first sixteen bytes with nothing to look at on the way: that case is
-    /// checked here, a word at a time, and everything else in [`Self::string_rest`].
+    /// A string starting at `"`; returns whether it holds escapes. Keys, ids and candidates have
+    /// none: one search to the closing quote.
     #[inline(always)]
     fn string(&mut self) -> Result<bool, Failed> {
         self.pos += 1;
-        for _ in 0..2 {
-            let Some(chunk) = self.bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) else {
-                break;
-            };
-            let special = self.special_bytes(u64::from_le_bytes(*chunk));
-            if special != 0 {
-                let at = self.pos + special.trailing_zeros() as usize / 8;
-                self.pos = at;
-                if self.bytes.get(at) == Some(&b'"') {
-                    self.pos = at + 1;
-                    return Ok(false);
-                }
-                break;
-            }
-            self.pos += 8;
+        self.skip_plain();
+        if self.peek() == Some(b'"') {
+            self.pos += 1;
+            return Ok(false);
         }
         self.string_rest()
     }
 
-    /// The rest of a string from the current position in its body.
+    /// The rest of a string from a byte in its body that is not plain (an escape, the closing
+    /// quote, a control character or the end of the frame).
     #[inline(never)]
     fn string_rest(&mut self) -> Result<bool, Failed> {
         let mut escaped = false;
         loop {
-            self.skip_plain();
             match self.peek() {
                 Some(b'"') => {
                     self.pos += 1;
@@ -516,44 +503,28 @@ impl<'a> Scanner<'a> {
                 Some(_) => return Err(self.fail("control character in a string")),
                 None => return Err(self.fail("end of frame inside a string")),
             }
+            self.skip_plain();
         }
-    }
-
-    /// The high bit of each byte of `word` that a string's body cannot hold as it is: `"`, `\\`
-    /// and, unless the frame has none, control characters (the lowest bit set is exact).
-    #[inline(always)]
-    fn special_bytes(&self, word: u64) -> u64 {
-        let mut special =
-            zero_bytes(word ^ (ONES * u64::from(b'"'))) | zero_bytes(word ^ (ONES * u64::from(b'\\')));
-        if self.controls {
-            special |= control_bytes(word);
-        }
-        special
     }
 
     /// Skips string bytes that need no attention (not `"`, `\\` or a control character), to the
-    /// next one that does, or to the end of the frame. Eight at a time, then, in a frame without
-    /// control characters, by memchr's vector search: SDP and candidates are long runs of such
-    /// bytes, keys and ids are short ones.
+    /// next one that does, or to the end of the frame: the first bit set at or after `pos` in the
+    /// masks of its block and the blocks after it.
+    #[inline(always)]
     fn skip_plain(&mut self) {
-        while let Some(chunk) = self.bytes.get(self.pos..).and_then(<[u8]>::first_chunk::<8>) {
-            let special = self.special_bytes(u64::from_le_bytes(*chunk));
-            if special != 0 {
-                self.pos += special.trailing_zeros() as usize / 8;
+        loop {
+            let block = self.pos & !(BLOCK - 1);
+            if block != self.block_start {
+                self.block_start = block;
+                self.block_mask = specials::block_mask(self.bytes, block);
+            }
+            // The bits past the frame's end are set, so this stops at the end at the latest.
+            let ahead = self.block_mask >> (self.pos - block);
+            if ahead != 0 {
+                self.pos += ahead.trailing_zeros() as usize;
                 return;
             }
-            self.pos += 8;
-            if !self.controls {
-                let rest = &self.bytes[self.pos..];
-                self.pos += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-                return;
-            }
-        }
-        while let Some(b) = self.peek() {
-            if b == b'"' || b == b'\\' || b < 0x20 {
-                return;
-            }
-            self.pos += 1;
+            self.pos = block + BLOCK;
         }
     }
 
