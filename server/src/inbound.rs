@@ -593,6 +593,61 @@ mod tests {
         }
     }
 
+    /// Keys are read by a comparison with their usual text (`"type":`) when they are written that
+    /// way, and by the general path otherwise: every known key of the three objects, written as
+    /// usual, with whitespace before its colon, with an escape, or as a near miss, gives what
+    /// serde_json and the two-pass parse give.
+    #[test]
+    fn every_known_key_however_written_is_judged_as_before() {
+        let frames = [
+            r#"{"type":"signal","to":"p-1","signal":{"type":"candidate","candidate":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"x"}}}"#,
+            r#"{"type":"signal","to":"p-1","signal":{"type":"offer","sdp":"v=0\r\n"}}"#,
+            r#"{"type":"join","room":"lobby","name":"ana","resume":"t0","token":"x","last_seq":3}"#,
+        ];
+        let keys = [
+            "type",
+            "to",
+            "signal",
+            "room",
+            "name",
+            "resume",
+            "token",
+            "last_seq",
+            "sdp",
+            "candidate",
+            "sdpMid",
+            "sdpMLineIndex",
+            "usernameFragment",
+        ];
+        let mut checked = 0;
+        for frame in frames {
+            for key in keys {
+                let usual = format!("\"{key}\":");
+                for at in frame.match_indices(&usual).map(|(at, _)| at) {
+                    let escaped = format!("\"\\u{:04x}{}\":", key.as_bytes()[0], &key[1..]);
+                    let variants = [
+                        format!("\"{key}\" :"),
+                        format!("\"{key}\"\n\t:"),
+                        escaped,
+                        format!("\"{}\":", &key[..key.len() - 1]),
+                        format!("\"{key}s\":"),
+                        format!("\"{}\":", key.to_uppercase()),
+                        format!("\"{key}\"x"),
+                        format!("\"{key}:"),
+                    ];
+                    for variant in variants {
+                        let text = format!("{}{variant}{}", &frame[..at], &frame[at + usual.len()..]);
+                        if let Some(expected) = expected(&text) {
+                            assert_eq!(outcome(&text), expected, "{text}");
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} frames were judged");
+    }
+
     #[test]
     fn what_two_passes_got_wrong_is_now_as_the_protocol_says() {
         // An array is not an object, even one that lists a message's fields in order.

@@ -331,12 +331,18 @@ impl<'a> Scanner<'a> {
             return Ok(());
         }
         loop {
-            let slot = self.key(role)?;
-            self.skip_whitespace();
-            if self.peek() != Some(b':') {
-                return Err(self.fail("expected ':' after a key"));
-            }
-            self.pos += 1;
+            let slot = match self.usual_key(role) {
+                Some(slot) => slot,
+                None => {
+                    let slot = self.key(role)?;
+                    self.skip_whitespace();
+                    if self.peek() != Some(b':') {
+                        return Err(self.fail("expected ':' after a key"));
+                    }
+                    self.pos += 1;
+                    slot
+                }
+            };
             self.skip_whitespace();
             let start = self.pos;
             let plain = match slot.role_of_object() {
@@ -361,6 +367,37 @@ impl<'a> Scanner<'a> {
                 None => return Err(self.fail("end of frame inside an object or array")),
             }
         }
+    }
+
+    /// A key `role` knows, written as clients write it: `"type":` exactly (no escape, no space
+    /// before the colon). Then its slot, with `pos` past the colon; otherwise `None` and nothing
+    /// moved, for [`Self::key`] to read whatever is there. One comparison with the expected text
+    /// instead of a string scan, a key match and a colon check per key of every signal.
+    #[inline(always)]
+    fn usual_key(&mut self, role: Role) -> Option<Slot> {
+        use {CandidateField as C, EnvelopeField as E, SignalField as S};
+        let rest = self.bytes.get(self.pos..)?;
+        let known = |text: &'static [u8], slot: Slot| rest.starts_with(text).then_some((text.len(), slot));
+        let (len, slot) = match (role, *rest.get(1)?) {
+            (Role::Envelope, b't') => known(b"\"type\":", Slot::Envelope(E::Kind))
+                .or_else(|| known(b"\"to\":", Slot::Envelope(E::To)))
+                .or_else(|| known(b"\"token\":", Slot::Envelope(E::Token))),
+            (Role::Envelope, b's') => known(b"\"signal\":", Slot::Envelope(E::Signal)),
+            (Role::Envelope, b'r') => known(b"\"room\":", Slot::Envelope(E::Room))
+                .or_else(|| known(b"\"resume\":", Slot::Envelope(E::Resume))),
+            (Role::Envelope, b'n') => known(b"\"name\":", Slot::Envelope(E::Name)),
+            (Role::Envelope, b'l') => known(b"\"last_seq\":", Slot::Envelope(E::LastSeq)),
+            (Role::Signal, b't') => known(b"\"type\":", Slot::Signal(S::Kind)),
+            (Role::Signal, b's') => known(b"\"sdp\":", Slot::Signal(S::Sdp)),
+            (Role::Signal, b'c') => known(b"\"candidate\":", Slot::Signal(S::Candidate)),
+            (Role::Candidate, b'c') => known(b"\"candidate\":", Slot::Candidate(C::Candidate)),
+            (Role::Candidate, b's') => known(b"\"sdpMid\":", Slot::Candidate(C::SdpMid))
+                .or_else(|| known(b"\"sdpMLineIndex\":", Slot::Candidate(C::SdpMLineIndex))),
+            (Role::Candidate, b'u') => known(b"\"usernameFragment\":", Slot::Candidate(C::UsernameFragment)),
+            _ => None,
+        }?;
+        self.pos += len;
+        Some(slot)
     }
 
     /// An object's key, and the slot its value goes to.
