@@ -4,7 +4,8 @@
 //! search: SDP has an `\r\n` escape every ~40 bytes.
 //!
 //! x86_64 computes the mask with SSE2 (part of every x86_64 CPU, so no runtime detection), 16 bytes
-//! per comparison, through `safe_arch`'s safe wrappers; elsewhere a byte loop gives the same bits. A test holds the two together.
+//! per comparison, through `safe_arch`'s safe wrappers; elsewhere a byte loop gives the same bits.
+//! A test holds the two together.
 
 /// Bytes per block: one bit each in a `u64`.
 pub const BLOCK: usize = 64;
