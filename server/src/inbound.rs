@@ -95,7 +95,18 @@ fn parse_signal<'a>(envelope: &Envelope<'a>) -> Result<Request<'a>, Refusal> {
         }
         Some(raw) => raw,
     };
-    if let Err(problem) = check_signal(signal, &envelope.signal_fields) {
+    let checked = check_signal(signal, &envelope.signal_fields).and_then(|()| {
+        // RFC 8259 lets a `\u` escape name a lone surrogate, which no UTF-8 string holds: the Rust
+        // peer's `protocol::Signal` cannot read such a signal, so it is refused here rather than
+        // relayed to peers that would drop it (I-JSON, RFC 7493, forbids it too). Browsers never
+        // write one; a frame with any surrogate escape (an emoji written `\ud83d\ude00` too) is
+        // rare enough to get the typed parse, which judges exactly what a peer would.
+        match envelope.surrogate_escape && serde_json::from_str::<protocol::Signal>(signal).is_err() {
+            true => Err("a string or key with an unpaired surrogate escape".to_owned()),
+            false => Ok(()),
+        }
+    });
+    if let Err(problem) = checked {
         return Err(bad_message(format!(
             "\"signal\" must be an offer, an answer or a candidate as the browser gives them: {problem}"
         ))
@@ -646,6 +657,37 @@ mod tests {
             }
         }
         assert!(checked > 100, "only {checked} frames were judged");
+    }
+
+    /// Found by the `frame` fuzz target: an offer whose SDP held `\uDDDD` (and a candidate with
+    /// such a key) was relayed, and the Rust peer, whose `protocol::Signal` cannot hold a lone
+    /// surrogate anywhere in a signal, dropped it. Outside the signal, one is still fine.
+    #[test]
+    fn a_signal_string_with_an_unpaired_surrogate_is_refused_and_a_pair_is_relayed() {
+        for signal in [
+            r#"{"type":"offer","sdp":"v=0\r\na=x:\uDDDD\r\n"}"#,
+            r#"{"type":"answer","sdp":"\ud83d"}"#,
+            r#"{"type":"candidate","candidate":{"candidate":"candidate:1 \ud800","sdpMid":"0"}}"#,
+            r#"{"type":"candidate","candidate":{"candidate":"c","sdpMid":"\udc00"}}"#,
+            r#"{"type":"candidate","candidate":{"candidate":"c","usernameFragment":"\ud83d\u0041"}}"#,
+            r#"{"type":"candidate","candidate":{"candidate":"c","x\uDDDDy":"0"}}"#,
+            r#"{"type":"offer","sdp":"v=0","\udc00":1}"#,
+            // Deep in a field the peer ignores: its parse reads the whole signal to find the type.
+            r#"{"type":"offer","sdp":"v=0","x":{"\udc00":"\ud800"}}"#,
+        ] {
+            assert!(serde_json::from_str::<protocol::Signal>(signal).is_err(), "{signal}");
+            let text = format!(r#"{{"type":"signal","to":"p","signal":{signal}}}"#);
+            let refusal = parse(&text).expect_err(&text);
+            assert_eq!((refusal.code, refusal.to.as_deref()), (ErrorCode::BadMessage, Some("p")), "{text}");
+        }
+        for signal in [
+            r#"{"type":"offer","sdp":"a=x:\ud83d\ude00 \u00e9 \\u\r\n"}"#,
+            r#"{"type":"candidate","candidate":{"candidate":"c \uD83D\uDE00","sdpMid":"\u0030"}}"#,
+        ] {
+            assert!(serde_json::from_str::<protocol::Signal>(signal).is_ok(), "{signal}");
+            let text = format!(r#"{{"type":"signal","to":"p","signal":{signal}}}"#);
+            assert!(matches!(parse(&text), Ok(Request::Signal { .. })), "{text}");
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Envelope<'a> {
     pub signal: Option<Raw<'a>>,
     /// A field above given twice.
     pub duplicate: Option<&'static str>,
+    /// Some string of the frame (a key or a value, anywhere) has a `\u` escape of a surrogate,
+    /// paired or not. JSON allows a lone one; text cannot hold it, so a typed parse refuses it.
+    pub surrogate_escape: bool,
     /// Which of the fields above are strings without escapes (a bit per [`EnvelopeField`]):
     /// their text between the quotes is the string, with no second look for a `\`.
     plain: u16,
@@ -92,9 +95,12 @@ pub fn scan<'a>(text: &'a str, envelope: &mut Envelope<'a>) -> Result<bool, NotJ
         block_start: usize::MAX,
         block_mask: 0,
         nesting: Nesting::default(),
+        surrogate_escape: false,
         error: NotJson { what: "", at: 0 },
     };
-    scanner.frame(envelope).map_err(|Failed| scanner.error)
+    let outcome = scanner.frame(envelope).map_err(|Failed| scanner.error);
+    envelope.surrogate_escape = scanner.surrogate_escape;
+    outcome
 }
 
 /// A scan stopped at something that is not JSON; [`Scanner::error`] says what. (A unit error keeps
@@ -283,6 +289,8 @@ struct Scanner<'a> {
     block_start: usize,
     block_mask: u64,
     nesting: Nesting,
+    /// See [`Envelope::surrogate_escape`].
+    surrogate_escape: bool,
     /// Why the scan failed, once it has.
     error: NotJson,
 }
@@ -529,9 +537,12 @@ impl<'a> Scanner<'a> {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 1,
                         Some(b'u') => {
                             let digits = self.bytes.get(self.pos + 1..self.pos + 5);
-                            if !digits.is_some_and(|d| d.iter().all(u8::is_ascii_hexdigit)) {
+                            let Some(digits) = digits.filter(|d| d.iter().all(u8::is_ascii_hexdigit)) else {
                                 return Err(self.fail("bad \\u escape"));
-                            }
+                            };
+                            // U+D800 to U+DFFF: `d` then `8` to `f`, in either case.
+                            self.surrogate_escape |= digits[0].eq_ignore_ascii_case(&b'd')
+                                && matches!(digits[1].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f');
                             self.pos += 5;
                         }
                         _ => return Err(self.fail("bad escape")),
