@@ -50,6 +50,28 @@ async fn a_signal_is_relayed_with_from_set_by_the_server() {
     assert_eq!(relayed["signal"], offer, "the signal arrives unchanged, unknown fields included");
 }
 
+/// The attack the `frame` fuzz target found: an offer with a lone surrogate escape (JSON, but no
+/// text) was relayed, and a Rust peer, which cannot parse it, dropped it. Now the sender gets
+/// `bad_message` and the peer hears nothing; the same offer with a proper pair is relayed.
+#[tokio::test(start_paused = true)]
+async fn a_signal_with_a_lone_surrogate_escape_is_refused_not_relayed() {
+    let server = InProcess::start(&[]).await;
+    let (mut ana, a) = server.join("lobby", "ana").await;
+    let (mut bob, _) = server.join("lobby", "bob").await;
+    ana.expect_type("peer_joined").await;
+    let to = a["id"].as_str().expect("an id");
+    let offer = |escape: &str| {
+        format!(
+            r#"{{"type":"signal","to":"{to}","signal":{{"type":"offer","sdp":"v=0\r\na=x:{escape}\r\n"}}}}"#
+        )
+    };
+    bob.send_text(&offer(r"\udddd")).await;
+    assert_eq!(bob.expect_error("bad_message").await["to"], a["id"]);
+    ana.expect_silence(Duration::from_millis(200)).await;
+    bob.send_text(&offer(r"\ud83d\ude00")).await;
+    assert_eq!(ana.expect_type("signal").await["signal"]["sdp"], "v=0\r\na=x:\u{1f600}\r\n");
+}
+
 #[tokio::test(start_paused = true)]
 async fn rooms_are_isolated() {
     let server = InProcess::start(&[]).await;
