@@ -46,9 +46,10 @@ pub const TRANSFERS_AT_ONCE: usize = 4;
 const STATE_CHECK: Duration = Duration::from_millis(20);
 
 /// Channels created per [`ChannelOpener::open`] before it gives up. Three were not enough: in
-/// waves of files (`link::tests`) 2-3 runs in 40 lost one open in 160, its first two attempts
-/// closed at once and the third stuck `Connecting` for its whole deadline while the remote was
-/// still finishing with the ids the wave before had closed; the fourth comes after that.
+/// waves of files (`link::tests`) one run in ten lost one open in 160: its first two attempts
+/// closed at once and the third stayed `Connecting` for its whole deadline, most likely while the
+/// remote was still finishing with the ids the wave before had closed; the fourth comes after
+/// that (docs/reliability.md).
 const OPEN_ATTEMPTS: u32 = 5;
 
 /// Pause before the second attempt (twice that before the third).
